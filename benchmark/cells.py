@@ -1,0 +1,174 @@
+"""Result cells: one (method, dataset, protocol) result per JSON file, written atomically.
+
+A cell holds its status (``ok`` / ``failed`` / ``skipped`` with the error), full-precision
+metrics, per-image values, the dataset's identity (release, version, fingerprint), the
+weights' identity, the profile, the seed, the code version and a fingerprint over all of
+the inputs that decide its numbers. A fresh ``ok`` cell is reused; a stale, failed,
+skipped or missing one is computed again, so a run that was killed resumes where it
+stopped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from benchmark.metrics import PROTOCOL
+from benchmark.profiles import Profile
+
+CELL_FORMAT = 1
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class CellKey:
+    method: str
+    dataset: str
+    weights: str | None = None  # None = the method's default weights
+
+    @property
+    def id(self) -> str:
+        raw = f"{self.method}@{self.weights or 'default'}__{self.dataset}"
+        return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Store:
+    """A folder of cell JSON files (``results/cells/<profile>/`` by default)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path(self, key: CellKey) -> Path:
+        return self.root / f"{key.id}.json"
+
+    def load(self, key: CellKey) -> dict | None:
+        p = self.path(key)
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"warning: ignoring unreadable cell {p}: {exc}", file=sys.stderr)
+            return None
+
+    def save(self, cell: dict) -> Path:
+        p = self.root / f"{cell['id']}.json"
+        atomic_write_text(p, json.dumps(cell, indent=1, sort_keys=True, allow_nan=True) + "\n")
+        return p
+
+    def all(self) -> dict[str, dict]:
+        cells = {}
+        for p in sorted(self.root.glob("*.json")):
+            try:
+                cell = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            cells[cell.get("id", p.stem)] = cell
+        return cells
+
+
+@dataclass
+class Context:
+    profile: Profile
+    data_root: Path | None
+    store: Store
+    force: bool = False
+    progress: bool = True
+    stats: dict = field(default_factory=lambda: {"computed": 0, "reused": 0, "failed": 0, "skipped": 0})
+
+
+def fingerprint(parts: dict) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of the suite (with ``+dirty`` for local changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_cell(key: CellKey, ctx: Context) -> dict:
+    """Reuse the stored cell when it is fresh, else compute it; never raises for a bad input."""
+    from benchmark.evaluate import evaluate
+    from datasets.catalog import DatasetMissing, is_embedded, open_dataset
+    from models import registry
+
+    prof = ctx.profile
+    cell = {
+        "format": CELL_FORMAT,
+        "id": key.id,
+        "method": key.method,
+        "dataset": key.dataset,
+        "weights_request": key.weights,
+        "profile": prof.name,
+        "seed": prof.seed,
+        "protocol": PROTOCOL,
+    }
+    stage = "opening the dataset"
+    try:
+        limit = None if is_embedded(key.dataset) else prof.real_limit
+        dataset = open_dataset(key.dataset, ctx.data_root, size=prof.embedded_size, seed=prof.seed, limit=limit)
+        stage = "identifying the dataset"
+        desc = dataset.describe()
+        stage = "loading the method"
+        net, winfo = registry.load(key.method, key.weights, prof.name)
+        fp = fingerprint({"protocol": PROTOCOL, "method": key.method, "weights": winfo,
+                          "dataset": desc.get("fingerprint"), "n_images": len(dataset), "limit": limit,
+                          "seed": prof.seed, "embedded_size": prof.embedded_size if is_embedded(key.dataset) else None})
+        old = ctx.store.load(key)
+        if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not ctx.force:
+            ctx.stats["reused"] += 1
+            return old
+        stage = "evaluating"
+        result = evaluate(net, dataset, progress=ctx.progress, desc=f"{key.method} on {key.dataset}")
+        cell.update(status="ok", metrics=result["metrics"], per_image=result["per_image"],
+                    n_images=result["n_images"], seconds=result["seconds"], dataset_info=desc,
+                    weights=winfo, fingerprint=fp)
+        ctx.stats["computed"] += 1
+    except DatasetMissing as exc:
+        cell.update(status="skipped", error=str(exc))
+        ctx.stats["skipped"] += 1
+    except Exception as exc:  # a failed cell is recorded and the run goes on
+        cell.update(status="failed", error=f"{type(exc).__name__} while {stage}: {exc}",
+                    traceback=traceback.format_exc(limit=8))
+        ctx.stats["failed"] += 1
+        print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
+    cell.update(code_version=code_version(), created=_now())
+    ctx.store.save(cell)
+    return cell

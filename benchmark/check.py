@@ -1,0 +1,116 @@
+"""Regression gate: recompute every ``smoke``-profile cell and compare with committed values.
+
+The reference (``results/reference/smoke.json``) holds, per cell, the status and metrics
+the suite produced when it was last accepted. ``check`` fails (exit 1) with a readable
+diff when a metric moves by more than its tolerance, when a cell that was ok now fails,
+or when a reference cell disappears. Cells whose data is absent on this machine (a real
+dataset that is not under the data root) are reported as not checked.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmark.cells import Context, Store, atomic_write_text, run_cell
+from benchmark.tables import TABLES
+
+DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smoke.json"
+DEFAULT_TOLERANCE = {"psnr": 0.05, "ssim": 0.002}
+
+
+def tolerance_for(metric: str, tol: dict) -> float:
+    for prefix, value in tol.items():
+        if metric.startswith(prefix):
+            return float(value)
+    return 0.0
+
+
+def compute_smoke(data_root, progress: bool = True, methods=None) -> dict[str, dict]:
+    """Compute every smoke cell from scratch in a temporary store; returns id -> cell."""
+    from benchmark.profiles import get_profile
+    from datasets.catalog import data_root_from
+    from models import registry
+
+    registered = set(methods or registry.names())
+    keys = []
+    for spec in TABLES.values():
+        keys += [k for k in spec.keys() if k.method in registered and k not in keys]
+    with tempfile.TemporaryDirectory(prefix="resguide-check-") as tmp:
+        ctx = Context(profile=get_profile("smoke"), data_root=data_root_from(data_root), store=Store(Path(tmp)),
+                      force=True, progress=progress)
+        return {k.id: run_cell(k, ctx) for k in keys}
+
+
+def compare(current: dict[str, dict], reference: dict) -> tuple[list[str], list[str]]:
+    """(failures, notes) of ``current`` cells against a reference document."""
+    tol = {**DEFAULT_TOLERANCE, **reference.get("tolerance", {})}
+    failures, notes = [], []
+    for cid, ref in sorted(reference.get("cells", {}).items()):
+        cur = current.get(cid)
+        if cur is None:
+            failures.append(f"{cid}: in the reference but no longer computed")
+            continue
+        if cur["status"] == "skipped":
+            notes.append(f"{cid}: not checked (data absent: {cur.get('error', '')[:80]})")
+            continue
+        if cur["status"] != ref["status"]:
+            failures.append(f"{cid}: status {ref['status']} -> {cur['status']} {cur.get('error', '')}".rstrip())
+            continue
+        if ref["status"] != "ok":
+            continue
+        for metric, want in sorted(ref["metrics"].items()):
+            got = cur["metrics"].get(metric)
+            if got is None:
+                failures.append(f"{cid}: metric {metric} missing")
+                continue
+            t = tolerance_for(metric, tol)
+            same_inf = math.isinf(want) and math.isinf(got) and (want > 0) == (got > 0)
+            if not same_inf and not abs(got - want) <= t:
+                failures.append(f"{cid}: {metric} {want:.4f} -> {got:.4f} (change {got - want:+.4f}, tolerance {t})")
+    for cid, cur in sorted(current.items()):
+        if cid not in reference.get("cells", {}) and cur["status"] != "skipped":
+            notes.append(f"{cid}: new cell, not in the reference (run `check --update` to accept it)")
+    return failures, notes
+
+
+def reference_document(current: dict[str, dict], old: dict | None = None) -> dict:
+    """The reference JSON for ``current``; cells that were skipped here keep their old entry."""
+    cells = dict((old or {}).get("cells", {}))
+    for cid, cur in current.items():
+        if cur["status"] == "skipped":
+            continue
+        entry = {"status": cur["status"]}
+        if cur["status"] == "ok":
+            entry["metrics"] = cur["metrics"]
+            entry["dataset_fingerprint"] = cur.get("dataset_info", {}).get("fingerprint")
+            entry["n_images"] = cur.get("n_images")
+        cells[cid] = entry
+    return {"profile": "smoke", "tolerance": (old or {}).get("tolerance", DEFAULT_TOLERANCE), "cells": cells}
+
+
+def run_check(data_root=None, reference_path: Path | None = None, update: bool = False, progress: bool = True,
+              out=sys.stdout) -> int:
+    path = Path(reference_path or DEFAULT_REFERENCE)
+    old = json.loads(path.read_text()) if path.exists() else None
+    current = compute_smoke(data_root, progress)
+    if update:
+        atomic_write_text(path, json.dumps(reference_document(current, old), indent=1, sort_keys=True) + "\n")
+        print(f"wrote {len(current)} cells to {path}", file=out)
+        return 0
+    if old is None:
+        print(f"error: no reference at {path}; run `python -m benchmark.run check --update` first", file=out)
+        return 2
+    failures, notes = compare(current, old)
+    for n in notes:
+        print(f"  note: {n}", file=out)
+    if failures:
+        print(f"check FAILED: {len(failures)} difference(s) against {path}:", file=out)
+        for f in failures:
+            print(f"  - {f}", file=out)
+        return 1
+    checked = sum(1 for c in current.values() if c["status"] != "skipped")
+    print(f"check passed: {checked} cells within tolerance of {path}", file=out)
+    return 0

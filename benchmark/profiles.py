@@ -1,0 +1,34 @@
+"""Profiles scale the work (image sizes, image counts, iterations), never the code path."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    embedded_size: int        # side of the square embedded-default test images
+    real_limit: int | None    # first N pairs of each real dataset (None = all)
+    seed: int = 0
+    description: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", embedded_size=64, real_limit=8,
+                     description="CI and the regression gate: seconds to minutes on 2 CPU cores"),
+    "quick": Profile("quick", embedded_size=192, real_limit=None,
+                     description="the default: the embedded default (and any real data) on a laptop CPU"),
+    "paper": Profile("paper", embedded_size=256, real_limit=None,
+                     description="the paper's schedule; meant for a GPU"),
+}
+DEFAULT_PROFILE = "quick"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}") from None

@@ -1,0 +1,198 @@
+"""Command line of the suite: ``python -m benchmark.run COMMAND``.
+
+    all     [--profile P] [--data-root DIR] [--force] [--dry-run]   every table
+    table   ID [same options]                                      one table
+    list                                                           tables, methods, datasets, profiles
+    score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N]
+    params  METHOD                                                 parameter counts
+    check   [--data-root DIR] [--reference FILE] [--update]        regression gate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmark.cells import REPO, Context, Store, run_cell
+from benchmark.profiles import DEFAULT_PROFILE, PROFILES, get_profile
+from benchmark.tables import TABLES, get_table, write_table
+
+RESULTS = REPO / "results"
+
+
+def cells_dir(results: Path, profile: str) -> Path:
+    return results / "cells" / profile
+
+
+def tables_dir(results: Path, profile: str) -> Path:
+    return results / "tables" if profile == DEFAULT_PROFILE else results / "tables" / profile
+
+
+def parameter_counts(methods) -> dict:
+    from models import registry
+
+    out = {}
+    for m in methods:
+        if m in registry.names():
+            net, _ = registry.load(m, "init")
+            out[m] = registry.count_parameters(net)
+    return out
+
+
+def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
+               results: Path = RESULTS, progress: bool = True, out=sys.stdout) -> int:
+    from tqdm import tqdm
+
+    from datasets.catalog import data_root_from
+    from models import registry
+
+    profile = get_profile(profile_name)
+    data_root = data_root_from(data_root_arg)
+    specs = [get_table(t) for t in table_ids]
+    registered = set(registry.names())
+    keys = []
+    for spec in specs:
+        keys += [k for k in spec.keys() if k.method in registered and k not in keys]
+    store = Store(cells_dir(results, profile.name))
+    print(f"profile {profile.name}; data root {data_root or '(none: embedded default only)'}; "
+          f"{len(keys)} cells -> {store.root}", file=out)
+    if dry_run:
+        for k in keys:
+            old = store.load(k)
+            state = f"stored ({old.get('status')})" if old else "missing"
+            print(f"  {k.id}: {state}", file=out)
+        return 0
+    ctx = Context(profile=profile, data_root=data_root, store=store, force=force, progress=progress)
+    for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
+        run_cell(key, ctx)
+    cells = store.all()
+    tdir = tables_dir(results, profile.name)
+    for spec in specs:
+        params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
+        for p in write_table(spec, cells, registered, tdir, params):
+            print(f"wrote {p}", file=out)
+    s = ctx.stats
+    print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['skipped']} skipped (no data), "
+          f"{s['failed']} failed", file=out)
+    return 1 if s["failed"] else 0
+
+
+def cmd_list(out=sys.stdout) -> int:
+    from datasets.catalog import EMBEDDED
+    from datasets.names import REGISTERED
+    from models import registry
+
+    print("tables:", file=out)
+    for t in TABLES.values():
+        print(f"  {t.id}: {t.title}", file=out)
+    print("methods:", file=out)
+    for m in registry.names():
+        spec = registry.get(m)
+        print(f"  {m}: {spec.paper_name} ({spec.task}) {spec.description}", file=out)
+    print("datasets:", file=out)
+    for d in EMBEDDED:
+        print(f"  {d}: embedded default, synthetic rain over images shipped in installed wheels", file=out)
+    for d in sorted(set(REGISTERED.values())):
+        print(f"  {d}: found under the data root (--data-root or RESGUIDE_DATA)", file=out)
+    print("profiles:", file=out)
+    for p in PROFILES.values():
+        print(f"  {p.name}: {p.description}", file=out)
+    return 0
+
+
+def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
+              out=sys.stdout) -> int:
+    from benchmark.evaluate import evaluate
+    from datasets.catalog import data_root_from, open_dataset
+    from models import registry
+
+    profile = get_profile(profile_name)
+    ds = open_dataset(dataset, data_root_from(data_root_arg), size=profile.embedded_size, seed=profile.seed,
+                      limit=limit)
+    net, winfo = registry.load(method, weights, profile.name)
+    t0 = time.perf_counter()
+    res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}")
+    desc = ds.describe()
+    line = {"method": method, "dataset": ds.name, "n_images": res["n_images"], **res["metrics"],
+            "weights": winfo, "seconds": round(time.perf_counter() - t0, 3),
+            "dataset_version": desc.get("version"), "dataset_known": desc.get("known"),
+            "dataset_fingerprint": desc.get("fingerprint"), "profile": profile.name}
+    print(json.dumps(line), file=out)
+    return 0
+
+
+def cmd_params(method: str, out=sys.stdout) -> int:
+    counts = parameter_counts([method])
+    if method not in counts:
+        from models import registry
+        registry.get(method)  # raises with the list of registered names
+    print(json.dumps({"method": method, **counts[method]}), file=out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmark.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--profile", default=DEFAULT_PROFILE, choices=sorted(PROFILES))
+        p.add_argument("--data-root", default=None, help="folder holding real datasets (else $RESGUIDE_DATA)")
+        p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
+        p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    p = sub.add_parser("all", help="compute every table")
+    common(p)
+    p.add_argument("--force", action="store_true", help="recompute fresh cells too")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their state; compute nothing")
+    p = sub.add_parser("table", help="compute one table")
+    p.add_argument("table_id", metavar="ID", help=", ".join(TABLES))
+    common(p)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--dry-run", action="store_true")
+    sub.add_parser("list", help="tables, methods, datasets, profiles")
+    p = sub.add_parser("score", help="score one method on one dataset; last stdout line is JSON")
+    p.add_argument("method")
+    p.add_argument("dataset", help="registered name, embedded-light/embedded-heavy, or a folder of pairs")
+    common(p)
+    p.add_argument("--weights", default=None, help="weights tag or checkpoint path")
+    p.add_argument("--limit", type=int, default=None, help="first N pairs only")
+    p = sub.add_parser("params", help="parameter counts of a method (JSON)")
+    p.add_argument("method")
+    p = sub.add_parser("check", help="regression gate: recompute smoke cells and compare with the reference")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")
+    p.add_argument("--update", action="store_true", help="write the current values as the new reference")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "all":
+            return run_tables(list(TABLES), args.profile, args.data_root, args.force, args.dry_run,
+                              args.results, args.progress)
+        if args.command == "table":
+            return run_tables([args.table_id], args.profile, args.data_root, args.force, args.dry_run,
+                              args.results, args.progress)
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "score":
+            return cmd_score(args.method, args.dataset, args.data_root, args.weights, args.limit, args.profile,
+                             args.progress)
+        if args.command == "params":
+            return cmd_params(args.method)
+        if args.command == "check":
+            from benchmark.check import run_check
+            return run_check(args.data_root, args.reference, args.update, args.progress)
+    except (ValueError, LookupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

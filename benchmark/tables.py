@@ -1,0 +1,265 @@
+"""Table specs (plain data) and their rendering to Markdown, CSV and LaTeX.
+
+A table has datasets as rows and methods as columns, like the paper's Tables 2 and 3.
+Each dataset gets two lines: ours (from the result cells) and the paper's printed numbers,
+which are shown beside ours and never used as ours. The best of our values in a row is
+bold, per metric.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark.cells import CellKey, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Column:
+    method: str
+    label: str
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    id: str
+    title: str
+    rows: tuple[str, ...]                      # dataset names
+    columns: tuple[Column, ...]
+    metrics: tuple[str, ...] = ("psnr_y", "ssim_y")
+    decimals: tuple[int, ...] = (2, 3)
+    paper: dict = field(default_factory=dict)  # (dataset, method) -> tuple of values, in ``metrics`` order
+    paper_params: dict = field(default_factory=dict)  # method -> parameter count printed in the paper
+    params_row: bool = False
+    note: str = ""
+
+    def keys(self) -> list[CellKey]:
+        return [CellKey(c.method, r, c.weights) for r in self.rows for c in self.columns]
+
+
+_DERAIN_COLUMNS = (
+    Column("identity", "Rainy images"),
+    Column("gmm", "GMM"),
+    Column("ddn", "DDN"),
+    Column("jorder", "JORDER"),
+    Column("did_mdn", "DID-MDN"),
+    Column("resguidenet_3", "ResGuideNet_3"),
+    Column("resguidenet", "ResGuideNet"),
+)
+
+TABLES: dict[str, TableSpec] = {
+    "table2": TableSpec(
+        id="table2",
+        title="Table 2: PSNR/SSIM (Y channel) on JORDER's datasets and Rain12, with parameter counts",
+        rows=("Rain100H", "Rain100L", "Rain12", "embedded-heavy", "embedded-light"),
+        columns=_DERAIN_COLUMNS,
+        paper={
+            ("Rain100H", "identity"): (13.56, 0.379), ("Rain100H", "gmm"): (15.05, 0.425),
+            ("Rain100H", "ddn"): (21.92, 0.764), ("Rain100H", "jorder"): (26.54, 0.835),
+            ("Rain100H", "did_mdn"): (24.53, 0.799), ("Rain100H", "resguidenet_3"): (24.74, 0.815),
+            ("Rain100H", "resguidenet"): (25.25, 0.841),
+            ("Rain100L", "identity"): (26.90, 0.838), ("Rain100L", "gmm"): (28.66, 0.865),
+            ("Rain100L", "ddn"): (32.16, 0.936), ("Rain100L", "jorder"): (36.63, 0.974),
+            ("Rain100L", "did_mdn"): (29.50, 0.907), ("Rain100L", "resguidenet_3"): (32.82, 0.960),
+            ("Rain100L", "resguidenet"): (33.16, 0.963),
+            ("Rain12", "identity"): (30.14, 0.855), ("Rain12", "gmm"): (32.02, 0.910),
+            ("Rain12", "ddn"): (31.78, 0.900), ("Rain12", "jorder"): (33.92, 0.953),
+            ("Rain12", "did_mdn"): (28.25, 0.906), ("Rain12", "resguidenet_3"): (29.19, 0.936),
+            ("Rain12", "resguidenet"): (29.45, 0.938),
+        },
+        paper_params={"ddn": 58175, "jorder": 369792, "did_mdn": 135800, "resguidenet_3": 19404,
+                      "resguidenet": 37065},
+        params_row=True,
+        note="The paper's DID-MDN count is printed as about 135,800.",
+    ),
+    "table3": TableSpec(
+        id="table3",
+        title="Table 3: PSNR/SSIM (Y channel) on DDN's synthetic test set (Rain1400)",
+        rows=("Rain1400",),
+        columns=_DERAIN_COLUMNS,
+        paper={
+            ("Rain1400", "gmm"): (26.33, 0.838), ("Rain1400", "ddn"): (31.12, 0.926),
+            ("Rain1400", "jorder"): (32.95, 0.921), ("Rain1400", "did_mdn"): (31.35, 0.941),
+            ("Rain1400", "resguidenet_3"): (30.79, 0.939), ("Rain1400", "resguidenet"): (31.38, 0.950),
+        },
+        note="The paper prints no rainy-input column for this table.",
+    ),
+}
+
+
+def get_table(table_id: str) -> TableSpec:
+    key = table_id.lower()
+    if key not in TABLES:
+        raise ValueError(f"unknown table {table_id!r}; choose one of {', '.join(TABLES)}")
+    return TABLES[key]
+
+
+# ---------------------------------------------------------------- rendering
+
+def _fmt(value: float | None, decimals: int) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{decimals}f}"
+
+
+def _build(spec: TableSpec, cells: dict[str, dict], registered: set[str], params: dict | None):
+    """The table as rows of (label, list of per-column (text parts, bold flags)) plus footnotes."""
+    notes: list[str] = []
+    body = []
+    for row in spec.rows:
+        ours_vals = []
+        for col in spec.columns:
+            cell = cells.get(CellKey(col.method, row, col.weights).id)
+            if col.method not in registered:
+                ours_vals.append(("n/i", None))
+            elif cell is None:
+                ours_vals.append(("not run", None))
+            elif cell.get("status") == "ok":
+                ours_vals.append(("ok", tuple(cell["metrics"][m] for m in spec.metrics)))
+            elif cell.get("status") == "skipped":
+                ours_vals.append(("skipped", None))
+            else:
+                ours_vals.append(("failed", None))
+                notes.append(f"{col.label} on {row} failed: {cell.get('error', '?')}")
+        best = []
+        for i in range(len(spec.metrics)):
+            vals = [v[1][i] for v in ours_vals if v[1] is not None]
+            best.append(max(vals) if len(vals) >= 2 else None)
+        ours_row = []
+        for status, vals in ours_vals:
+            if vals is None:
+                ours_row.append([(status if status != "skipped" else "–", False)])
+            else:
+                ours_row.append([(_fmt(v, d), best[i] is not None and v == best[i])
+                                 for i, (v, d) in enumerate(zip(vals, spec.decimals))])
+        paper_row = []
+        for col in spec.columns:
+            vals = spec.paper.get((row, col.method))
+            paper_row.append([(_fmt(v, d), False) for v, d in zip(vals, spec.decimals)] if vals else [("–", False)])
+        body.append((f"{row} (ours)", ours_row))
+        if any(spec.paper.get((row, c.method)) for c in spec.columns):
+            body.append((f"{row} (paper)", paper_row))
+    if spec.params_row:
+        ours_p = []
+        for col in spec.columns:
+            p = (params or {}).get(col.method)
+            ours_p.append([(f"{p['trainable']:,}" if p else ("n/i" if col.method not in registered else "–"), False)])
+        body.append(("Parameters (ours, trainable)", ours_p))
+        body.append(("Parameters (paper)", [[(f"{spec.paper_params[c.method]:,}" if c.method in spec.paper_params
+                                             else "–", False)] for c in spec.columns]))
+    skipped = sorted({f"{row}" for row in spec.rows for col in spec.columns
+                      if (cells.get(CellKey(col.method, row, col.weights).id) or {}).get("status") == "skipped"})
+    if skipped:
+        notes.append("No data for " + ", ".join(skipped) + " (not under the data root); their cells were skipped.")
+    pending = [c.label for c in spec.columns if c.method not in registered]
+    if pending:
+        notes.append("n/i: not implemented in the suite yet: " + ", ".join(pending) + ".")
+    return body, notes
+
+
+def _provenance(spec: TableSpec, cells: dict[str, dict]) -> list[str]:
+    lines = []
+    for row in spec.rows:
+        for col in spec.columns:
+            cell = cells.get(CellKey(col.method, row, col.weights).id)
+            if cell and cell.get("status") == "ok":
+                d = cell.get("dataset_info", {})
+                known = "known release" if d.get("known") else "unregistered folder"
+                lines.append(f"{row}: {d.get('release') or d.get('name')} {d.get('version', '?')} ({known}), "
+                             f"{cell['n_images']} images, fingerprint {str(d.get('fingerprint', '?'))[:12]}")
+                break
+    weights = []
+    for col in spec.columns:
+        for row in spec.rows:
+            cell = cells.get(CellKey(col.method, row, col.weights).id)
+            if cell and cell.get("status") == "ok":
+                w = cell.get("weights", {})
+                weights.append(f"{col.label}: {w.get('tag', '?')}" + (f" ({w['sha256'][:12]})" if w.get("sha256") else ""))
+                break
+    profiles = sorted({c.get("profile") for c in cells.values() if c.get("profile")})
+    out = []
+    if profiles:
+        out.append("Profile: " + ", ".join(profiles))
+    if lines:
+        out.append("Data: " + "; ".join(lines))
+    if weights:
+        out.append("Weights: " + "; ".join(weights))
+    return out
+
+
+def _cell_text(parts, bold, escape=lambda t: t) -> str:
+    """Join one cell's values with '/', wrapping the best ones with ``bold``."""
+    return "/".join(bold(escape(text)) if is_best else escape(text) for text, is_best in parts)
+
+
+def render_markdown(spec: TableSpec, cells: dict[str, dict], registered: set[str], params: dict | None = None) -> str:
+    body, notes = _build(spec, cells, registered, params)
+    metric_names = "/".join(m.replace("_", " ").upper().replace("PSNR Y", "PSNR").replace("SSIM Y", "SSIM")
+                            for m in spec.metrics)
+    lines = [f"### {spec.title}", "", f"Cells show {metric_names}; bold is our best per metric and dataset.", ""]
+    lines.append("| Dataset | " + " | ".join(c.label for c in spec.columns) + " |")
+    lines.append("|---|" + "---|" * len(spec.columns))
+    for label, row in body:
+        lines.append(f"| {label} | " + " | ".join(_cell_text(p, lambda t: f"**{t}**") for p in row) + " |")
+    extra = notes + ([spec.note] if spec.note else []) + _provenance(spec, cells)
+    if extra:
+        lines.append("")
+        lines.extend(f"- {n}" for n in extra)
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    return (s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+            .replace("&", r"\&").replace("#", r"\#"))
+
+
+def render_latex(spec: TableSpec, cells: dict[str, dict], registered: set[str], params: dict | None = None) -> str:
+    body, notes = _build(spec, cells, registered, params)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex_escape(spec.title)}}}",
+             rf"\label{{tab:{spec.id}}}", r"\begin{tabular}{l" + "c" * len(spec.columns) + "}", r"\toprule",
+             "Dataset & " + " & ".join(_tex_escape(c.label) for c in spec.columns) + r" \\", r"\midrule"]
+    for label, row in body:
+        texts = [_cell_text(p, lambda t: rf"\textbf{{{t}}}", _tex_escape) for p in row]
+        lines.append(_tex_escape(label) + " & " + " & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(spec: TableSpec, cells: dict[str, dict], registered: set[str], params: dict | None = None) -> str:
+    """Long format: one line per (dataset, method, metric) with ours, the paper's value and the status."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["table", "dataset", "method", "label", "metric", "ours", "paper", "status", "n_images"])
+    for row in spec.rows:
+        for col in spec.columns:
+            cell = cells.get(CellKey(col.method, row, col.weights).id) or {}
+            status = cell.get("status", "n/i" if col.method not in registered else "not run")
+            paper = spec.paper.get((row, col.method))
+            for i, m in enumerate(spec.metrics):
+                ours = cell["metrics"][m] if status == "ok" else ""
+                w.writerow([spec.id, row, col.method, col.label, m, repr(ours) if ours != "" else "",
+                            paper[i] if paper else "", status, cell.get("n_images", "")])
+    if spec.params_row:
+        for col in spec.columns:
+            p = (params or {}).get(col.method)
+            for conv in ("trainable", "all_variables"):
+                w.writerow([spec.id, "Parameters", col.method, col.label, conv, p[conv] if p else "",
+                            spec.paper_params.get(col.method, "") if conv == "all_variables" else "",
+                            "ok" if p else "n/i", ""])
+    return buf.getvalue()
+
+
+def write_table(spec: TableSpec, cells: dict[str, dict], registered: set[str], out_dir: Path,
+                params: dict | None = None) -> list[Path]:
+    out_dir = Path(out_dir)
+    paths = []
+    for ext, fn in (("md", render_markdown), ("csv", render_csv), ("tex", render_latex)):
+        p = out_dir / f"{spec.id}.{ext}"
+        atomic_write_text(p, fn(spec, cells, registered, params))
+        paths.append(p)
+    return paths

@@ -1,0 +1,46 @@
+"""Open a dataset by name: the embedded default or a real paired folder under the data root."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EMBEDDED = {"embedded-light": "light", "embedded-heavy": "heavy"}
+
+
+class DatasetMissing(LookupError):
+    """A registered dataset that is not under the data root: its cells are skipped, not failed."""
+
+
+def data_root_from(arg: str | os.PathLike | None) -> Path | None:
+    """``--data-root`` if given, else ``$RESGUIDE_DATA``, else None (embedded default only)."""
+    value = arg if arg else os.environ.get("RESGUIDE_DATA")
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise NotADirectoryError(f"data root {root} is not a directory")
+    return root
+
+
+def open_dataset(name: str, data_root: Path | None, size: int, seed: int, limit: int | None = None):
+    """A paired dataset object (iterates ``(image name, rainy uint8, clean uint8)``, has ``describe()``).
+
+    ``size`` and ``seed`` shape the embedded default; ``limit`` keeps the first N pairs.
+    Raises ``DatasetMissing`` when a registered real dataset is not under ``data_root``.
+    """
+    from datasets.embedded import EmbeddedPairs
+    from datasets.names import resolve_dataset
+    from datasets.pairs import DatasetError, FolderPairs
+
+    rain = EMBEDDED.get(name.lower())
+    if rain is not None:
+        return EmbeddedPairs(rain=rain, split="test", size=size, seed=seed, limit=limit)
+    try:
+        canonical, path = resolve_dataset(name, data_root)
+    except DatasetError as exc:
+        raise DatasetMissing(str(exc)) from None
+    return FolderPairs(path, name=canonical, limit=limit)
+
+
+def is_embedded(name: str) -> bool:
+    return name.lower() in EMBEDDED

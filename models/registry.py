@@ -1,0 +1,112 @@
+"""One registered entry per method variant (derainers and denoisers).
+
+A method is an ``nn.Module`` factory. ``load(name, weights, profile)`` returns the module
+in eval mode together with a description of the weights it holds, which goes into every
+result cell. Register a new method with::
+
+    from models.registry import register
+
+    @register("mynet", paper_name="MyNet", version="1")
+    def build_mynet(weights, profile):
+        net = MyNet()
+        info = {"tag": "none"}
+        if weights:                      # a path or a tag the method understands
+            info = load_state(net, weights)
+        return net, info
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+Factory = Callable[[str | None, str], tuple[nn.Module, dict]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    factory: Factory
+    paper_name: str
+    version: str
+    task: str = "derain"  # "derain" or "denoise"
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+class UnknownMethod(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def register(name: str, *, paper_name: str | None = None, version: str = "1", task: str = "derain",
+             description: str = "") -> Callable[[Factory], Factory]:
+    def deco(factory: Factory) -> Factory:
+        if name in REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        REGISTRY[name] = MethodSpec(name=name, factory=factory, paper_name=paper_name or name,
+                                    version=version, task=task, description=description)
+        return factory
+    return deco
+
+
+def get(name: str) -> MethodSpec:
+    _import_all()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownMethod(f"unknown method {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+
+
+def names() -> list[str]:
+    _import_all()
+    return sorted(REGISTRY)
+
+
+def load(name: str, weights: str | None = None, profile: str = "quick") -> tuple[nn.Module, dict]:
+    """Build method ``name`` with ``weights`` (None = its default) for ``profile``; eval mode."""
+    spec = get(name)
+    net, info = spec.factory(weights, profile)
+    net.eval()
+    info = {"tag": "none", **info, "method_version": spec.version}
+    return net, info
+
+
+def count_parameters(net: nn.Module) -> dict[str, int]:
+    """Trainable parameters, and all variables (parameters plus buffers such as batch-norm
+    running statistics, not counting the ``num_batches_tracked`` step counters)."""
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    params = sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() for n, b in net.named_buffers() if not n.endswith("num_batches_tracked"))
+    return {"trainable": trainable, "all_variables": params + buffers}
+
+
+def file_identity(path: str | Path) -> dict:
+    """Weights identity for a checkpoint file: path, size and sha256."""
+    p = Path(path)
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    return {"path": str(p), "bytes": p.stat().st_size, "sha256": digest}
+
+
+def state_identity(net: nn.Module) -> str:
+    """sha256 over a module's tensors, for weights that were built in memory."""
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _import_all() -> None:
+    # Importing the method modules registers them.
+    from models import identity  # noqa: F401
+
+
+__all__ = ["MethodSpec", "REGISTRY", "register", "get", "names", "load", "count_parameters",
+           "file_identity", "state_identity", "UnknownMethod"]

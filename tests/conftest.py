@@ -1,0 +1,15 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def data_root():
+    """The real-data folder from RESGUIDE_DATA; tests that use it skip when it is unset."""
+    value = os.environ.get("RESGUIDE_DATA")
+    if not value or not Path(value).is_dir():
+        pytest.skip("RESGUIDE_DATA is not set (real data absent)")
+    return Path(value)
