@@ -98,7 +98,7 @@ class Context:
     store: Store
     force: bool = False
     progress: bool = True
-    stats: dict = field(default_factory=lambda: {"computed": 0, "reused": 0, "failed": 0, "skipped": 0})
+    stats: dict = field(default_factory=lambda: {"computed": 0, "reused": 0, "kept": 0, "failed": 0, "skipped": 0})
 
 
 def fingerprint(parts: dict) -> str:
@@ -162,6 +162,11 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
                     weights=winfo, fingerprint=fp)
         ctx.stats["computed"] += 1
     except DatasetMissing as exc:
+        old = ctx.store.load(key)
+        if old and old.get("status") == "ok":
+            # computed earlier on a machine that had the data: keep it rather than lose it
+            ctx.stats["kept"] += 1
+            return old
         cell.update(status="skipped", error=str(exc))
         ctx.stats["skipped"] += 1
     except Exception as exc:  # a failed cell is recorded and the run goes on

@@ -91,26 +91,25 @@ def reference_document(current: dict[str, dict], old: dict | None = None) -> dic
     return {"profile": "smoke", "tolerance": (old or {}).get("tolerance", DEFAULT_TOLERANCE), "cells": cells}
 
 
-def run_check(data_root=None, reference_path: Path | None = None, update: bool = False, progress: bool = True,
-              out=sys.stdout) -> int:
+def run_check(data_root=None, reference_path: Path | None = None, update: bool = False, progress: bool = True) -> int:
     path = Path(reference_path or DEFAULT_REFERENCE)
     old = json.loads(path.read_text()) if path.exists() else None
     current = compute_smoke(data_root, progress)
     if update:
         atomic_write_text(path, json.dumps(reference_document(current, old), indent=1, sort_keys=True) + "\n")
-        print(f"wrote {len(current)} cells to {path}", file=out)
+        print(f"wrote {len(current)} cells to {path}")
         return 0
     if old is None:
-        print(f"error: no reference at {path}; run `python -m benchmark.run check --update` first", file=out)
+        print(f"error: no reference at {path}; run `python -m benchmark.run check --update` first")
         return 2
     failures, notes = compare(current, old)
     for n in notes:
-        print(f"  note: {n}", file=out)
+        print(f"  note: {n}")
     if failures:
-        print(f"check FAILED: {len(failures)} difference(s) against {path}:", file=out)
+        print(f"check FAILED: {len(failures)} difference(s) against {path}:")
         for f in failures:
-            print(f"  - {f}", file=out)
+            print(f"  - {f}")
         return 1
     checked = sum(1 for c in current.values() if c["status"] != "skipped")
-    print(f"check passed: {checked} cells within tolerance of {path}", file=out)
+    print(f"check passed: {checked} cells within tolerance of {path}")
     return 0

@@ -14,7 +14,7 @@ METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> float32 1x3xHxW in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
 def to_image(t: torch.Tensor) -> np.ndarray:

@@ -42,7 +42,7 @@ def parameter_counts(methods) -> dict:
 
 
 def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
-               results: Path = RESULTS, progress: bool = True, out=sys.stdout) -> int:
+               results: Path = RESULTS, progress: bool = True) -> int:
     from tqdm import tqdm
 
     from datasets.catalog import data_root_from
@@ -57,12 +57,12 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
         keys += [k for k in spec.keys() if k.method in registered and k not in keys]
     store = Store(cells_dir(results, profile.name))
     print(f"profile {profile.name}; data root {data_root or '(none: embedded default only)'}; "
-          f"{len(keys)} cells -> {store.root}", file=out)
+          f"{len(keys)} cells -> {store.root}")
     if dry_run:
         for k in keys:
             old = store.load(k)
             state = f"stored ({old.get('status')})" if old else "missing"
-            print(f"  {k.id}: {state}", file=out)
+            print(f"  {k.id}: {state}")
         return 0
     ctx = Context(profile=profile, data_root=data_root, store=store, force=force, progress=progress)
     for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
@@ -72,38 +72,37 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
     for spec in specs:
         params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
         for p in write_table(spec, cells, registered, tdir, params):
-            print(f"wrote {p}", file=out)
+            print(f"wrote {p}")
     s = ctx.stats
-    print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['skipped']} skipped (no data), "
-          f"{s['failed']} failed", file=out)
+    print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
+          f"{s['skipped']} skipped (no data), {s['failed']} failed")
     return 1 if s["failed"] else 0
 
 
-def cmd_list(out=sys.stdout) -> int:
+def cmd_list() -> int:
     from datasets.catalog import EMBEDDED
     from datasets.names import REGISTERED
     from models import registry
 
-    print("tables:", file=out)
+    print("tables:")
     for t in TABLES.values():
-        print(f"  {t.id}: {t.title}", file=out)
-    print("methods:", file=out)
+        print(f"  {t.id}: {t.title}")
+    print("methods:")
     for m in registry.names():
         spec = registry.get(m)
-        print(f"  {m}: {spec.paper_name} ({spec.task}) {spec.description}", file=out)
-    print("datasets:", file=out)
+        print(f"  {m}: {spec.paper_name} ({spec.task}) {spec.description}")
+    print("datasets:")
     for d in EMBEDDED:
-        print(f"  {d}: embedded default, synthetic rain over images shipped in installed wheels", file=out)
+        print(f"  {d}: embedded default, synthetic rain over images shipped in installed wheels")
     for d in sorted(set(REGISTERED.values())):
-        print(f"  {d}: found under the data root (--data-root or RESGUIDE_DATA)", file=out)
-    print("profiles:", file=out)
+        print(f"  {d}: found under the data root (--data-root or RESGUIDE_DATA)")
+    print("profiles:")
     for p in PROFILES.values():
-        print(f"  {p.name}: {p.description}", file=out)
+        print(f"  {p.name}: {p.description}")
     return 0
 
 
-def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
-              out=sys.stdout) -> int:
+def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True) -> int:
     from benchmark.evaluate import evaluate
     from datasets.catalog import data_root_from, open_dataset
     from models import registry
@@ -119,16 +118,16 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
             "weights": winfo, "seconds": round(time.perf_counter() - t0, 3),
             "dataset_version": desc.get("version"), "dataset_known": desc.get("known"),
             "dataset_fingerprint": desc.get("fingerprint"), "profile": profile.name}
-    print(json.dumps(line), file=out)
+    print(json.dumps(line))
     return 0
 
 
-def cmd_params(method: str, out=sys.stdout) -> int:
+def cmd_params(method: str) -> int:
     counts = parameter_counts([method])
     if method not in counts:
         from models import registry
         registry.get(method)  # raises with the list of registered names
-    print(json.dumps({"method": method, **counts[method]}), file=out)
+    print(json.dumps({"method": method, **counts[method]}))
     return 0
 
 

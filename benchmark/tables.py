@@ -148,8 +148,14 @@ def _build(spec: TableSpec, cells: dict[str, dict], registered: set[str], params
         ours_p = []
         for col in spec.columns:
             p = (params or {}).get(col.method)
-            ours_p.append([(f"{p['trainable']:,}" if p else ("n/i" if col.method not in registered else "–"), False)])
-        body.append(("Parameters (ours, trainable)", ours_p))
+            if p is None:
+                text = "n/i" if col.method not in registered else "–"
+            elif p["trainable"] == p["all_variables"]:
+                text = f"{p['trainable']:,}"
+            else:
+                text = f"{p['trainable']:,} ({p['all_variables']:,} with BN statistics)"
+            ours_p.append([(text, False)])
+        body.append(("Parameters (ours)", ours_p))
         body.append(("Parameters (paper)", [[(f"{spec.paper_params[c.method]:,}" if c.method in spec.paper_params
                                              else "–", False)] for c in spec.columns]))
     skipped = sorted({f"{row}" for row in spec.rows for col in spec.columns

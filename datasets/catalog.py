@@ -29,16 +29,20 @@ def open_dataset(name: str, data_root: Path | None, size: int, seed: int, limit:
     Raises ``DatasetMissing`` when a registered real dataset is not under ``data_root``.
     """
     from datasets.embedded import EmbeddedPairs
-    from datasets.names import resolve_dataset
+    from datasets.names import canonical_name, resolve_dataset
     from datasets.pairs import DatasetError, FolderPairs
 
     rain = EMBEDDED.get(name.lower())
     if rain is not None:
         return EmbeddedPairs(rain=rain, split="test", size=size, seed=seed, limit=limit)
-    try:
+    if Path(name).is_dir() or canonical_name(name) is None:
+        # a folder path, or an unknown name: a typo is an error, not missing data
         canonical, path = resolve_dataset(name, data_root)
-    except DatasetError as exc:
-        raise DatasetMissing(str(exc)) from None
+    else:
+        try:
+            canonical, path = resolve_dataset(name, data_root)
+        except DatasetError as exc:
+            raise DatasetMissing(str(exc)) from None
     return FolderPairs(path, name=canonical, limit=limit)
 
 

@@ -234,7 +234,10 @@ def _plan(root: Path) -> _Plan:
         layout = "rain1400" if _looks_rain1400(rainy, clean) else "subfolders"
         return _Plan(layout, rainy, clean, rdir, cdir, [])
 
-    if rainy_dirs and top:
+    roles = {p: _role(p.stem) for p in top}
+    top_has_both = ("rainy" in roles.values()) and ("clean" in roles.values())
+
+    if rainy_dirs and top and not top_has_both:
         rdir = _image_folder(rainy_dirs[0])
         rainy = _images_in(rdir)
         if not rainy:
@@ -242,7 +245,6 @@ def _plan(root: Path) -> _Plan:
         return _Plan("prenet", rainy, top, rdir, root, [])
 
     if top:
-        roles = {p: _role(p.stem) for p in top}
         rainy = [p for p in top if roles[p] == "rainy"]
         clean = [p for p in top if roles[p] == "clean"]
         other = [p for p in top if roles[p] is None]

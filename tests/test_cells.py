@@ -145,3 +145,23 @@ def test_killed_run_resumes_without_redoing_finished_cells(tmp_path):
     assert "1 computed, 1 reused" in out.stdout
     assert first.stat().st_mtime_ns == before and second.exists()
     assert not list((results / "cells" / "smoke").glob("*.tmp"))
+
+
+def test_misspelt_dataset_fails_instead_of_skipping(tmp_path):
+    cell = run_cell(CellKey("identity", "Rain100X"), _ctx(tmp_path))
+    assert cell["status"] == "failed" and "Rain100X" in cell["error"]
+
+
+def test_real_data_cell_is_kept_when_the_data_is_absent(tmp_path):
+    root = tmp_path / "data" / "Rain100L"
+    (root / "rainy").mkdir(parents=True)
+    for i in (1, 2):
+        Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(root / f"norain-{i:03d}.png")
+        Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(root / "rainy" / f"rain-{i:03d}.png")
+    key = CellKey("identity", "Rain100L")
+    first = run_cell(key, _ctx(tmp_path / "cells", data_root=tmp_path / "data"))
+    assert first["status"] == "ok" and first["n_images"] == 2
+    ctx = _ctx(tmp_path / "cells")  # no data root now
+    again = run_cell(key, ctx)
+    assert again == first and ctx.stats["kept"] == 1
+    assert Store(tmp_path / "cells").load(key)["status"] == "ok"

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from benchmark.run import main
+
+
+def _last_json(capsys):
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_score_prints_json_last(capsys):
+    assert main(["score", "identity", "embedded-light", "--profile", "smoke", "--no-progress"]) == 0
+    line = _last_json(capsys)
+    for key in ("method", "dataset", "n_images", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "weights", "seconds"):
+        assert key in line
+    assert line["method"] == "identity" and line["n_images"] == 3 and line["weights"]["tag"] == "none"
+    assert 20 < line["psnr_y"] < 40 and 0 < line["ssim_y"] < 1
+
+
+def test_score_limit(capsys):
+    assert main(["score", "identity", "embedded-heavy", "--profile", "smoke", "--limit", "2", "--no-progress"]) == 0
+    assert _last_json(capsys)["n_images"] == 2
+
+
+def test_params_identity(capsys):
+    assert main(["params", "identity"]) == 0
+    assert _last_json(capsys) == {"method": "identity", "trainable": 0, "all_variables": 0}
+
+
+def test_unknown_method_and_missing_data_are_clear_errors(capsys, monkeypatch):
+    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    assert main(["params", "nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["score", "identity", "Rain100L", "--no-progress"]) == 2
+    assert "RESGUIDE_DATA" in capsys.readouterr().err
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "table2" in out and "identity" in out and "embedded-light" in out and "smoke" in out
+
+
+def test_all_dry_run_computes_nothing(tmp_path, capsys):
+    assert main(["all", "--profile", "smoke", "--dry-run", "--results", str(tmp_path)]) == 0
+    assert "identity@default__embedded-light: missing" in capsys.readouterr().out
+    assert not (tmp_path / "cells").exists()
+
+
+def test_all_writes_tables(tmp_path, monkeypatch):
+    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    assert main(["all", "--profile", "smoke", "--results", str(tmp_path), "--no-progress"]) == 0
+    for ext in ("md", "csv", "tex"):
+        assert (tmp_path / "tables" / "smoke" / f"table2.{ext}").exists()
+    md = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
+    assert "embedded-light (ours)" in md and "26.90/0.838" in md  # the paper's number shown beside ours
+
+
+@pytest.mark.realdata
+def test_identity_on_rain100l_reproduces_the_papers_rainy_column(capsys, data_root):
+    # The MATLAB protocol on the real Rain100L test set gives the paper's Table 2 "Rainy images" entry.
+    assert main(["score", "identity", "Rain100L", "--data-root", str(data_root), "--no-progress"]) == 0
+    line = _last_json(capsys)
+    assert line["n_images"] == 100 and line["dataset_known"] is True and line["dataset_version"] == "old-100"
+    assert round(line["psnr_y"], 2) == 26.90
+    assert round(line["ssim_y"], 3) == 0.838
