@@ -96,8 +96,9 @@ def run_check(data_root=None, reference_path: Path | None = None, update: bool =
     old = json.loads(path.read_text()) if path.exists() else None
     current = compute_smoke(data_root, progress)
     if update:
-        atomic_write_text(path, json.dumps(reference_document(current, old), indent=1, sort_keys=True) + "\n")
-        print(f"wrote {len(current)} cells to {path}")
+        doc = reference_document(current, old)
+        atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {len(doc['cells'])} reference cells to {path}")
         return 0
     if old is None:
         print(f"error: no reference at {path}; run `python -m benchmark.run check --update` first")
