@@ -147,7 +147,7 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
         stage = "identifying the dataset"
         desc = dataset.describe()
         stage = "loading the method"
-        net, winfo = registry.load(key.method, key.weights, prof.name)
+        net, winfo = registry.load(key.method, key.weights, prof.name, ctx.data_root)
         fp = fingerprint({"protocol": PROTOCOL, "method": key.method, "weights": winfo,
                           "dataset": desc.get("fingerprint"), "n_images": len(dataset), "limit": limit,
                           "seed": prof.seed, "embedded_size": prof.embedded_size if is_embedded(key.dataset) else None})

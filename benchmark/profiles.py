@@ -9,6 +9,9 @@ class Profile:
     name: str
     embedded_size: int        # side of the square embedded-default test images
     real_limit: int | None    # first N pairs of each real dataset (None = all)
+    train_iterations: int = 0  # training schedule for methods the suite trains itself
+    train_batch: int = 16
+    train_patch: int = 128
     seed: int = 0
     description: str = ""
 
@@ -17,11 +20,13 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", embedded_size=64, real_limit=8,
+    "smoke": Profile("smoke", embedded_size=64, real_limit=8, train_iterations=40, train_batch=4, train_patch=48,
                      description="CI and the regression gate: seconds to minutes on 2 CPU cores"),
-    "quick": Profile("quick", embedded_size=192, real_limit=None,
+    "quick": Profile("quick", embedded_size=192, real_limit=None, train_iterations=1500, train_batch=16,
+                     train_patch=64,
                      description="the default: the embedded default (and any real data) on a laptop CPU"),
-    "paper": Profile("paper", embedded_size=256, real_limit=None,
+    "paper": Profile("paper", embedded_size=256, real_limit=None, train_iterations=50_000, train_batch=16,
+                     train_patch=128,
                      description="the paper's schedule; meant for a GPU"),
 }
 DEFAULT_PROFILE = "quick"

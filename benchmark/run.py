@@ -5,6 +5,7 @@
     list                                                           tables, methods, datasets, profiles
     score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N]
     params  METHOD                                                 parameter counts
+    train   METHOD [--rain light|heavy] [--profile P] [--data-root DIR] [--ship]
     check   [--data-root DIR] [--reference FILE] [--update]        regression gate
 """
 from __future__ import annotations
@@ -108,9 +109,9 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
     from models import registry
 
     profile = get_profile(profile_name)
-    ds = open_dataset(dataset, data_root_from(data_root_arg), size=profile.embedded_size, seed=profile.seed,
-                      limit=limit)
-    net, winfo = registry.load(method, weights, profile.name)
+    data_root = data_root_from(data_root_arg)
+    ds = open_dataset(dataset, data_root, size=profile.embedded_size, seed=profile.seed, limit=limit)
+    net, winfo = registry.load(method, weights, profile.name, data_root)
     t0 = time.perf_counter()
     res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}")
     desc = ds.describe()
@@ -128,6 +129,30 @@ def cmd_params(method: str) -> int:
         from models import registry
         registry.get(method)  # raises with the list of registered names
     print(json.dumps({"method": method, **counts[method]}))
+    return 0
+
+
+def cmd_train(method: str, rain: str, profile_name: str, data_root_arg, ship: bool, progress=True) -> int:
+    """Train (or resume training) a method the suite trains itself; ``--ship`` copies the weights
+    and their record into results/weights/ for committing."""
+    from datasets.catalog import data_root_from
+    from models import provider, registry
+
+    get_profile(profile_name)
+    spec = registry.get(method)
+    family = getattr(spec.factory, "family", None)
+    if family is None:
+        raise ValueError(f"method {method!r} is not trained by the suite")
+    path = provider.find(family, rain, profile_name)
+    if path is None:
+        registry.load(method, rain, profile_name, data_root_from(data_root_arg))
+        path = provider.find(family, rain, profile_name)
+    if ship and path.parent != provider.WEIGHTS_DIR:
+        path = provider.ship(family, rain, profile_name)
+    record = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+    print(json.dumps({"method": method, "family": family, "rain": rain, "profile": profile_name,
+                      "weights": str(path), "seconds": record.get("seconds"),
+                      "iterations": record.get("iterations"), "final_loss": record.get("final_loss")}))
     return 0
 
 
@@ -160,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
     p = sub.add_parser("params", help="parameter counts of a method (JSON)")
     p.add_argument("method")
+    p = sub.add_parser("train", help="train a method the suite trains (resumes); --ship to results/weights")
+    p.add_argument("method")
+    p.add_argument("--rain", default="light", help="rain type of the training data: light, heavy, ...")
+    common(p)
+    p.add_argument("--ship", action="store_true", help="copy the weights and their record into results/weights/")
     p = sub.add_parser("check", help="regression gate: recompute smoke cells and compare with the reference")
     p.add_argument("--data-root", default=None)
     p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")
@@ -184,6 +214,8 @@ def main(argv=None) -> int:
                              args.progress)
         if args.command == "params":
             return cmd_params(args.method)
+        if args.command == "train":
+            return cmd_train(args.method, args.rain, args.profile, args.data_root, args.ship, args.progress)
         if args.command == "check":
             from benchmark.check import run_check
             return run_check(args.data_root, args.reference, args.update, args.progress)

@@ -12,7 +12,7 @@ class Identity(nn.Module):
 
 
 @register("identity", paper_name="Rainy images", description="returns the rainy input unchanged")
-def build_identity(weights, profile):
+def build_identity(weights, profile, data_root):
     if weights not in (None, "none", "init"):
         raise ValueError(f"identity takes no weights (got {weights!r})")
     return Identity(), {"tag": "none"}

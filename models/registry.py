@@ -7,7 +7,7 @@ result cell. Register a new method with::
     from models.registry import register
 
     @register("mynet", paper_name="MyNet", version="1")
-    def build_mynet(weights, profile):
+    def build_mynet(weights, profile, data_root):
         net = MyNet()
         info = {"tag": "none"}
         if weights:                      # a path or a tag the method understands
@@ -23,7 +23,7 @@ from typing import Callable
 
 from torch import nn
 
-Factory = Callable[[str | None, str], tuple[nn.Module, dict]]
+Factory = Callable[[str | None, str, "Path | None"], tuple[nn.Module, dict]]
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,15 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def load(name: str, weights: str | None = None, profile: str = "quick") -> tuple[nn.Module, dict]:
-    """Build method ``name`` with ``weights`` (None = its default) for ``profile``; eval mode."""
+def load(name: str, weights: str | None = None, profile: str = "quick",
+         data_root: Path | None = None) -> tuple[nn.Module, dict]:
+    """Build method ``name`` with ``weights`` (None = its default) for ``profile``; eval mode.
+
+    ``weights="init"`` asks for the bare architecture (parameter counts); ``data_root`` is
+    where a method that must be trained first finds its training images.
+    """
     spec = get(name)
-    net, info = spec.factory(weights, profile)
+    net, info = spec.factory(weights, profile, data_root)
     net.eval()
     info = {"tag": "none", **info, "method_version": spec.version}
     return net, info
@@ -81,17 +86,24 @@ def load(name: str, weights: str | None = None, profile: str = "quick") -> tuple
 def count_parameters(net: nn.Module) -> dict[str, int]:
     """Trainable parameters, and all variables (parameters plus buffers such as batch-norm
     running statistics, not counting the ``num_batches_tracked`` step counters)."""
+    if hasattr(net, "parameter_counts"):  # e.g. a detached ResGuideNet_k counts only the blocks it runs
+        return net.parameter_counts()
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     params = sum(p.numel() for p in net.parameters())
     buffers = sum(b.numel() for n, b in net.named_buffers() if not n.endswith("num_batches_tracked"))
     return {"trainable": trainable, "all_variables": params + buffers}
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def file_identity(path: str | Path) -> dict:
-    """Weights identity for a checkpoint file: path, size and sha256."""
-    p = Path(path)
+    """Weights identity for a checkpoint file: path (relative to the repository when inside it),
+    size and sha256."""
+    p = Path(path).resolve()
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    return {"path": str(p), "bytes": p.stat().st_size, "sha256": digest}
+    shown = p.relative_to(REPO).as_posix() if p.is_relative_to(REPO) else str(p)
+    return {"path": shown, "bytes": p.stat().st_size, "sha256": digest}
 
 
 def state_identity(net: nn.Module) -> str:
@@ -105,7 +117,7 @@ def state_identity(net: nn.Module) -> str:
 
 def _import_all() -> None:
     # Importing the method modules registers them.
-    from models import identity  # noqa: F401
+    from models import identity, resguidenet_zoo  # noqa: F401
 
 
 __all__ = ["MethodSpec", "REGISTRY", "register", "get", "names", "load", "count_parameters",

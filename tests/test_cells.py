@@ -30,8 +30,8 @@ class _Broken(nn.Module):
 
 
 if "test_counting" not in REGISTRY:
-    register("test_counting")(lambda w, p: (_Counting(), {"tag": "none"}))
-    register("test_broken")(lambda w, p: (_Broken(), {"tag": "none"}))
+    register("test_counting")(lambda w, p, d: (_Counting(), {"tag": "none"}))
+    register("test_broken")(lambda w, p, d: (_Broken(), {"tag": "none"}))
 
 
 def _ctx(tmp_path, **kw):
@@ -114,7 +114,7 @@ RESUME_SCRIPT = textwrap.dedent("""
             time.sleep(float(sys.argv[2]))
             return x
 
-    register("test_slow")(lambda w, p: (Slow(), {"tag": "none"}))
+    register("test_slow")(lambda w, p, d: (Slow(), {"tag": "none"}))
     tables.TABLES["resume"] = tables.TableSpec(
         id="resume", title="resume test", rows=("embedded-light", "embedded-heavy"),
         columns=(tables.Column("test_slow", "Slow"),))

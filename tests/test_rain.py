@@ -156,3 +156,53 @@ def test_presets_and_validation():
         RainParams(layers=(), blend="multiply")
     with pytest.raises(ValueError):
         RainLayer(density=2.0, length=10)
+
+
+def test_presets_follow_rain100_recipe():
+    light, heavy = PRESETS["light"], PRESETS["heavy"]
+    # Rain100H: several streak directions; stronger, longer, wider streaks than Rain100L
+    assert len({layer.angle for layer in heavy.layers}) >= 3
+    (lt,) = light.layers
+    assert max(l.length for l in heavy.layers) > lt.length
+    assert max(l.width for l in heavy.layers) > lt.width
+    assert max(l.intensity for l in heavy.layers) > lt.intensity
+    assert sum(l.density for l in heavy.layers) > lt.density
+
+
+def test_wrap_convolution_matches_ndimage():
+    from scipy import ndimage
+
+    from datasets.rain import _wrap_convolve
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 57)) * (rng.random((40, 57)) < 0.02)
+    for length, angle in ((5, 0), (17, 23), (33, -60)):
+        k = line_kernel(length, angle)
+        assert np.allclose(_wrap_convolve(x, k), ndimage.convolve(x, k, mode="wrap"), atol=1e-12)
+
+
+def test_brightness_range_and_shared_angle():
+    layer = RainLayer(density=2e-4, length=20, angle=0, width=0.0, intensity=0.7, brightness=(0.2, 0.4))
+    m = streak_layer((200, 200), layer, np.random.default_rng(1))
+    assert m.max() <= 0.4 * 0.7 + 1e-9
+    with pytest.raises(ValueError):
+        RainLayer(density=0.01, length=10, brightness=(0.8, 0.5))
+    with pytest.raises(ValueError):
+        RainParams(layers=(), angle_jitter=-1.0)
+    # the shared per-image rotation turns a vertical layer away from vertical
+    vert = RainLayer(density=0.005, length=15, angle=0, width=0, intensity=0.8)
+    rot = RainParams(layers=(vert,), angle_jitter=90.0)
+    a = rain_mask((120, 120), RainParams(layers=(vert,)), np.random.default_rng(4))
+    b = rain_mask((120, 120), rot, np.random.default_rng(4))
+    assert not np.array_equal(a, b)
+
+
+def test_ddn_mixture_picks_one_of_the_14_types_per_seed():
+    from datasets.rain import DDN_PRESET_NAMES
+
+    img = _clean()
+    outs = {add_rain(img, "ddn", seed=s).tobytes() for s in range(12)}
+    assert len(outs) == 12
+    picked = [next(n for n in DDN_PRESET_NAMES if np.array_equal(add_rain(img, n, seed=s), add_rain(img, "ddn", seed=s)))
+              for s in range(6)]
+    assert len(set(picked)) > 1

@@ -1,0 +1,96 @@
+"""Weights for the methods the suite trains itself: shipped, cached, or trained now.
+
+``trained(...)`` looks for ``results/weights/<family>-<tag>-<profile>.pt`` (small weights
+shipped in the repository, each with a ``.json`` record of how it was made), then for the
+same file in the training cache ``results/cache/weights/``; when neither exists it trains
+the model with the profile's schedule on the clean training images (the real ones under
+the data root when present, else the embedded default's training split), with rain of the
+tag's type synthesised by ``datasets.rain``, and caches the result. Training resumes from
+its checkpoint when it was interrupted.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from models.registry import REPO, file_identity
+
+WEIGHTS_DIR = REPO / "results" / "weights"
+CACHE_DIR = REPO / "results" / "cache" / "weights"
+
+
+def weights_name(family: str, tag: str, profile: str) -> str:
+    return f"{family}-{tag}-{profile}"
+
+
+def find(family: str, tag: str, profile: str) -> Path | None:
+    name = weights_name(family, tag, profile)
+    for folder in (WEIGHTS_DIR, CACHE_DIR):
+        path = folder / f"{name}.pt"
+        if path.exists():
+            return path
+    return None
+
+
+def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_fn: Callable, data_root,
+              use_ssim: bool = True, progress: bool = True) -> Path:
+    """Train ``net`` (already initialised) for ``profile_name`` and cache its weights; returns the path."""
+    from benchmark.cells import code_version
+    from benchmark.profiles import get_profile
+    from models.train import PatchSampler, TrainConfig, save_weights, train, training_images
+
+    profile = get_profile(profile_name)
+    name = weights_name(family, tag, profile_name)
+    cfg = TrainConfig(iterations=profile.train_iterations, batch=profile.train_batch, patch=profile.train_patch,
+                      seed=profile.seed, rain=tag, use_ssim=use_ssim)
+    images, data_desc = training_images(data_root)
+    sampler = PatchSampler(images, rain=tag, patch=cfg.patch, seed=cfg.seed)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    info = train(net, outputs_fn, sampler, cfg, CACHE_DIR / f"{name}.ckpt", progress=progress)
+    meta = {
+        "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg),
+        "training_data": data_desc, "iterations": info["iterations"], "seconds": round(info["seconds"], 1),
+        "final_loss": info["final_loss"], "patches_per_s": info["patches_per_s"],
+        "command": f"python -m benchmark.run train {family} --rain {tag} --profile {profile_name}"
+                   + (" --data-root DATA" if data_root else ""),
+        "code_version": code_version(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = CACHE_DIR / f"{name}.pt"
+    save_weights(net, path, meta)
+    (CACHE_DIR / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return path
+
+
+def ship(family: str, tag: str, profile: str) -> Path:
+    """Copy cached weights and their record into ``results/weights/`` (to be committed)."""
+    name = weights_name(family, tag, profile)
+    src = CACHE_DIR / f"{name}.pt"
+    if not src.exists():
+        raise FileNotFoundError(f"no trained weights at {src}; train them first")
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, WEIGHTS_DIR / f"{name}.pt")
+    shutil.copyfile(CACHE_DIR / f"{name}.json", WEIGHTS_DIR / f"{name}.json")
+    return WEIGHTS_DIR / f"{name}.pt"
+
+
+def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module], outputs_fn: Callable,
+            data_root=None, use_ssim: bool = True, progress: bool = True) -> tuple[nn.Module, dict]:
+    """A trained ``family`` model for rain ``tag`` under ``profile``, with its weights identity."""
+    from models.train import load_weights
+
+    net = build()
+    path = find(family, tag, profile)
+    if path is None:
+        path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress)
+    meta = load_weights(net, path)
+    source = "shipped" if path.parent == WEIGHTS_DIR else "trained here (cache)"
+    return net, {"tag": tag, "source": source, **file_identity(path),
+                 "training_data": (meta or {}).get("training_data"), "profile": profile}

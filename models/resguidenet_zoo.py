@@ -1,0 +1,98 @@
+"""Registered ResGuideNet methods: the merged model, its detached exits, and the ablation variants.
+
+``resguidenet`` and ``resguidenet_1`` … ``resguidenet_5`` share one trained model (the
+``resguidenet`` family): ``resguidenet_k`` runs blocks 1..k of the same weights and returns
+ŷ(k). The ablation variants are trained separately: ``baseline`` (cascade without residual
+reuse, widened to Baseline-RR's parameter count), ``baseline_rr`` (with residual reuse, no
+merge), ``resguidenet_nrecur`` (no recursion) and ``resguidenet_l2`` (ℓ2 loss only).
+
+Weights: ``None`` means the light-rain model; ``light`` / ``heavy`` / ``ddn`` pick the rain
+type it was trained for (see ``models.provider``); ``init`` is the bare architecture; any
+other value is a path to a weights file saved by ``models.train.save_weights``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from models import provider
+from models.registry import file_identity, register
+from models.resguidenet import build, param_counts
+
+RAIN_TAGS = ("light", "heavy", "ddn")
+
+
+class Exit(nn.Module):
+    """ResGuideNet detached after block ``k`` (ŷ(k)); only blocks 1..k run."""
+
+    def __init__(self, net: nn.Module, k: int):
+        super().__init__()
+        self.net = net
+        self.k = k
+
+    def forward(self, x):
+        return self.net(x, exit_block=self.k)
+
+    def parameter_counts(self) -> dict:
+        c = param_counts(self.net, self.k)
+        return {"trainable": c["trainable"], "all_variables": c["trainable"], "paper": c["paper"]}
+
+
+class Full(nn.Module):
+    """The whole model, counting its parameters with the paper's published figure beside them."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def parameter_counts(self) -> dict:
+        c = param_counts(self.net)
+        return {"trainable": c["trainable"], "all_variables": c["trainable"], "paper": c["paper"]}
+
+
+def _outputs(net, x):
+    return net.forward_all(x)
+
+
+def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim: bool = True):
+    def factory(weights, profile, data_root):
+        def make():
+            return build(variant)[0]
+
+        if weights == "init":
+            net, info = make(), {"tag": "init"}
+        elif weights is None or weights in RAIN_TAGS:
+            net, info = provider.trained(family, weights or "light", profile, make, _outputs, data_root, use_ssim)
+        else:
+            from models.train import load_weights
+
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"weights {weights!r} are neither a tag ({', '.join(RAIN_TAGS)}) nor a file")
+            net = make()
+            meta = load_weights(net, path)
+            info = {"tag": "path", **file_identity(path), "training_data": (meta or {}).get("training_data")}
+        return (Exit(net, exit_block) if exit_block else Full(net)), info
+
+    factory.family = family
+    return factory
+
+
+register("resguidenet", paper_name="ResGuideNet", description="merged output of all five blocks")(
+    _factory("resguidenet", "resguidenet"))
+for _k in range(1, 6):
+    register(f"resguidenet_{_k}", paper_name=f"ResGuideNet_{_k}",
+             description=f"the same weights detached after block {_k}")(
+        _factory("resguidenet", "resguidenet", exit_block=_k))
+register("baseline", paper_name="Baseline", description="cascade without residual reuse (ablation)")(
+    _factory("baseline", "baseline"))
+register("baseline_rr", paper_name="Baseline-RR", description="cascade with residual reuse, no merge (ablation)")(
+    _factory("baseline_rr", "baseline_rr"))
+register("resguidenet_nrecur", paper_name="ResGuideNet-NRecur", description="no recursion (ablation)")(
+    _factory("resguidenet_nrecur", "resguidenet_nrecur"))
+register("resguidenet_l2", paper_name="ResGuideNet (l2 only)", description="trained with the l2 loss only (ablation)")(
+    _factory("resguidenet_l2", "resguidenet", use_ssim=False))

@@ -1,0 +1,439 @@
+"""A generic, resumable training loop for the deraining models of the suite.
+
+* :class:`PatchSampler` cuts random patches from clean images and synthesises rain on
+  them with :mod:`datasets.rain`; the batch of a step depends only on (seed, step).
+* :func:`train` runs RMSprop on the ResGuideNet loss (:mod:`models.losses`),
+  checkpoints atomically, resumes from its checkpoint bit for bit, and stops with
+  :class:`TrainingDiverged` on a non-finite loss without touching the last good
+  checkpoint.
+* :func:`save_weights` / :func:`load_weights` handle the small shipping files.
+* :func:`training_images` picks the clean training images: BSDS500 train+val minus the
+  Rain100 backgrounds (plus Kodak24) from a data root, else the embedded train split.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from datasets.rain import add_rain, resolve
+from models.losses import resguide_loss
+
+__all__ = [
+    "TrainConfig",
+    "PatchSampler",
+    "TrainingDiverged",
+    "train",
+    "save_weights",
+    "load_weights",
+    "training_images",
+    "HISTORY_EVERY",
+]
+
+#: loss_history gets an entry at iteration 1, every HISTORY_EVERY iterations and at the end.
+HISTORY_EVERY = 10
+
+# Config fields that may change between a run and its resumption; any other difference
+# would silently mix two different trainings.
+_RESUMABLE_CHANGES = {"iterations", "ckpt_every"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iterations: int
+    batch: int = 16
+    patch: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    rain: str = "light"  # a datasets.rain preset
+    lam: float = 1.0
+    use_ssim: bool = True
+    ckpt_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.batch < 1 or self.patch < 1 or self.ckpt_every < 1:
+            raise ValueError("batch, patch and ckpt_every must be positive")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+# --------------------------------------------------------------------------
+# patches
+
+
+class PatchSampler:
+    """Random rainy/clean patch pairs from clean uint8 images, rain synthesised by datasets.rain.
+
+    The batch of a step is a pure function of (seed, step): images, crop positions,
+    flips and the rain seed of every patch are drawn from generators seeded with
+    (seed, step) and (seed, step, i), so a resumed run sees the same stream.
+    Rain is synthesised on the crop itself (streaks that would enter from outside the
+    crop are absent), which is far cheaper than raining the whole image.
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], rain: str, patch: int, seed: int):
+        if not images:
+            raise ValueError("PatchSampler: no images")
+        if patch < 1:
+            raise ValueError(f"PatchSampler: patch must be positive, got {patch}")
+        if seed < 0:
+            raise ValueError(f"PatchSampler: seed must be >= 0, got {seed}")
+        resolve(rain)  # unknown presets fail here, not in the middle of training
+        checked = []
+        for i, img in enumerate(images):
+            img = np.asarray(img)
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(
+                    f"PatchSampler: image {i} must be uint8 HxWx3, got {img.dtype} {img.shape}"
+                )
+            h, w = img.shape[:2]
+            if h < patch or w < patch:
+                raise ValueError(
+                    f"PatchSampler: image {i} is {h}x{w} (HxW), smaller than the {patch}x{patch} patch"
+                )
+            checked.append(img)
+        self.images = checked
+        self.rain = rain
+        self.patch = int(patch)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rainy, clean): float32 n x 3 x P x P tensors in [0, 1] for this step."""
+        if n < 1 or step < 0:
+            raise ValueError(f"PatchSampler.batch: need n >= 1 and step >= 0, got n={n}, step={step}")
+        p = self.patch
+        rng = np.random.default_rng([self.seed, int(step)])
+        rainy = np.empty((n, p, p, 3), dtype=np.uint8)
+        clean = np.empty((n, p, p, 3), dtype=np.uint8)
+        for i in range(n):
+            img = self.images[int(rng.integers(len(self.images)))]
+            h, w = img.shape[:2]
+            y = int(rng.integers(h - p + 1))
+            x = int(rng.integers(w - p + 1))
+            flip = bool(rng.random() < 0.5)
+            crop = img[y : y + p, x : x + p]
+            rain_seed = int(np.random.SeedSequence([self.seed, int(step), i]).generate_state(1)[0])
+            wet = add_rain(crop, self.rain, rain_seed)
+            if flip:
+                crop, wet = crop[:, ::-1], wet[:, ::-1]
+            clean[i] = crop
+            rainy[i] = wet
+        return _to_tensor(rainy), _to_tensor(clean)
+
+
+def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+# --------------------------------------------------------------------------
+# checkpoints
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the message names the checkpoint with the last good state."""
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _shape(t: Any) -> tuple[int, ...] | None:
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else None
+
+
+def _first_mismatch(saved: dict, model: dict) -> str | None:
+    """Describe the first tensor whose name or shape differs (model order, then extras)."""
+    for name, tensor in model.items():
+        if name not in saved:
+            return f"{name}: missing from checkpoint (model {tuple(tensor.shape)})"
+        if _shape(saved[name]) != tuple(tensor.shape):
+            return f"{name}: checkpoint {_shape(saved[name])} vs model {tuple(tensor.shape)}"
+    for name, tensor in saved.items():
+        if name not in model:
+            return f"{name}: in checkpoint {_shape(tensor)} but not in model"
+    return None
+
+
+def _load_state_strict(net: torch.nn.Module, state: Any, path: Path) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: no state dict in the file")
+    problem = _first_mismatch(state, net.state_dict())
+    if problem is not None:
+        raise ValueError(f"{path}: checkpoint does not match the model: {problem}")
+    net.load_state_dict(state, strict=True)
+
+
+def save_weights(net: torch.nn.Module, path: Path, meta: dict) -> None:
+    """Atomically write {"state_dict": ..., "meta": meta} (the small file that is shipped)."""
+    _atomic_save({"state_dict": net.state_dict(), "meta": dict(meta)}, Path(path))
+
+
+def load_weights(net: torch.nn.Module, path: Path) -> dict:
+    """Load weights saved by :func:`save_weights` (or a training checkpoint) strictly; return meta.
+
+    A mismatch raises ValueError naming the file and the first differing tensor,
+    e.g. ``conv0.weight: checkpoint (16, 3, 3, 3) vs model (16, 6, 3, 3)``.
+    """
+    path = Path(path)
+    obj = _load(path)
+    if isinstance(obj, dict) and "state_dict" in obj:
+        state, meta = obj["state_dict"], obj.get("meta", {})
+    elif isinstance(obj, dict) and "model" in obj and "optimizer" in obj:
+        state = obj["model"]
+        meta = {"config": obj.get("config"), "iteration": obj.get("iteration")}
+    else:
+        raise ValueError(f"{path}: not a weights file (expected a dict with 'state_dict')")
+    _load_state_strict(net, state, path)
+    return meta
+
+
+# --------------------------------------------------------------------------
+# training
+
+
+def _logger(log: Any) -> Callable[[str], None]:
+    if log is None:
+        return lambda msg: None
+    if hasattr(log, "info"):
+        return log.info
+    return log
+
+
+def _summary(iteration: int, seconds: float, final_loss: float | None, history: list, batch: int) -> dict:
+    return {
+        "iterations": iteration,
+        "seconds": seconds,
+        "final_loss": final_loss,
+        "patches_per_s": iteration * batch / seconds if seconds > 0 else float("nan"),
+        "loss_history": [tuple(h) for h in history],
+    }
+
+
+def train(
+    net: torch.nn.Module,
+    outputs_fn: Callable[[torch.nn.Module, torch.Tensor], Sequence[torch.Tensor]],
+    sampler: PatchSampler,
+    cfg: TrainConfig,
+    ckpt_path: Path,
+    progress: bool = True,
+    log: Any = None,
+) -> dict:
+    """Train ``net`` for cfg.iterations RMSprop steps, resuming from ``ckpt_path`` if it exists.
+
+    outputs_fn(net, rainy) returns the outputs to supervise (e.g. ``net.forward_all``).
+    ``log`` is None, a callable taking a string, or a logging.Logger.
+    Returns {"iterations", "seconds", "final_loss", "patches_per_s", "loss_history"};
+    "seconds" is the training wall time accumulated over every resumption.
+    """
+    ckpt_path = Path(ckpt_path)
+    say = _logger(log)
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.RMSprop(net.parameters(), lr=cfg.lr)
+
+    iteration = 0
+    seconds = 0.0
+    history: list[tuple[int, float]] = []
+    final_loss: float | None = None
+    if ckpt_path.exists():
+        ckpt = _load(ckpt_path)
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "iteration"} <= set(ckpt):
+            raise ValueError(f"{ckpt_path}: not a training checkpoint")
+        saved_cfg = ckpt.get("config") or {}
+        changed = sorted(
+            k for k, v in asdict(cfg).items()
+            if k not in _RESUMABLE_CHANGES and k in saved_cfg and saved_cfg[k] != v
+        )
+        if changed:
+            detail = ", ".join(f"{k}: checkpoint {saved_cfg[k]!r} vs now {getattr(cfg, k)!r}" for k in changed)
+            raise ValueError(f"{ckpt_path}: checkpoint was trained with a different configuration ({detail})")
+        _load_state_strict(net, ckpt["model"], ckpt_path)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{ckpt_path}: optimizer state does not match the model: {exc}") from exc
+        if "rng_state" in ckpt:
+            torch.set_rng_state(ckpt["rng_state"])
+        iteration = int(ckpt["iteration"])
+        seconds = float(ckpt.get("seconds", 0.0))
+        history = [(int(i), float(v)) for i, v in ckpt.get("loss_history", [])]
+        final_loss = ckpt.get("final_loss")
+        say(f"resuming from {ckpt_path} at iteration {iteration}/{cfg.iterations}")
+        if iteration >= cfg.iterations:
+            return _summary(iteration, seconds, final_loss, history, cfg.batch)
+
+    saved_iteration = iteration if ckpt_path.exists() else None
+    saved_seconds = seconds
+
+    def checkpoint() -> None:
+        nonlocal saved_iteration, saved_seconds
+        for name, p in net.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(
+                    f"training diverged before iteration {iteration} was saved: parameter {name} "
+                    f"holds NaN/Inf; {_last_good(ckpt_path, saved_iteration)}"
+                )
+        saved_seconds = seconds + (time.perf_counter() - t0)
+        _atomic_save(
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": iteration,
+                "seconds": saved_seconds,
+                "config": asdict(cfg),
+                "loss_history": list(history),
+                "final_loss": final_loss,
+                "rng_state": torch.get_rng_state(),
+            },
+            ckpt_path,
+        )
+        saved_iteration = iteration
+
+    net.train()
+    bar = tqdm(total=cfg.iterations, initial=iteration, disable=not progress, desc="train", unit="it")
+    t0 = time.perf_counter()
+    start = iteration
+    try:
+        while iteration < cfg.iterations:
+            rainy, clean = sampler.batch(cfg.batch, iteration)
+            outputs = outputs_fn(net, rainy)
+            loss = resguide_loss(outputs, clean, lam=cfg.lam, use_ssim=cfg.use_ssim)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training diverged at iteration {iteration + 1}: loss is {value}; "
+                    f"{_last_good(ckpt_path, saved_iteration)}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            final_loss = value
+            if iteration == 1 or iteration % HISTORY_EVERY == 0 or iteration == cfg.iterations:
+                history.append((iteration, value))
+            elapsed = time.perf_counter() - t0
+            rate = (iteration - start) * cfg.batch / elapsed if elapsed > 0 else float("nan")
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", patches_s=f"{rate:.1f}", refresh=False)
+            if iteration % cfg.ckpt_every == 0 or iteration == cfg.iterations:
+                checkpoint()
+    finally:
+        bar.close()
+    # The run always ends with a checkpoint; report the time it recorded so that the
+    # returned and the saved totals agree (the final write itself is not counted).
+    seconds = saved_seconds
+    result = _summary(iteration, seconds, final_loss, history, cfg.batch)
+    say(
+        f"trained {iteration} iterations in {seconds:.1f} s "
+        f"({result['patches_per_s']:.1f} patches/s), final loss {final_loss:.4f}"
+    )
+    return result
+
+
+def _last_good(path: Path, iteration: int | None) -> str:
+    if iteration is None:
+        return f"no checkpoint had been written yet ({path} does not exist)"
+    return f"the last good state (iteration {iteration}) is in {path}"
+
+
+# --------------------------------------------------------------------------
+# training images
+
+_JPEG = {".jpg", ".jpeg"}
+_BACKGROUNDS = "rain100-backgrounds.txt"
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _excluded_ids(listing: Path) -> set[str]:
+    """Ids (file stems) named in the backgrounds list: "train/100075.jpg", "100075.jpg" or "100075"."""
+    ids = set()
+    for line in listing.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            ids.add(Path(line.replace("\\", "/")).stem)
+    return ids
+
+
+def training_images(data_root: Path | None, size: int | None = None) -> tuple[list[np.ndarray], str]:
+    """Clean training images (uint8 HxWx3) and a description of where they came from.
+
+    With ``data_root/BSDS500/train`` and ``.../val``: those JPEGs minus every image named
+    in ``BSDS500/rain100-backgrounds.txt`` (the Rain100 test backgrounds), plus
+    ``data_root/train/Kodak24/*.png`` if present, at native resolution. Only those folders
+    are read: never Rain100L, BSD68, CBSD68, BSDS500/test or KITTI.
+    Otherwise the embedded train split at ``size`` x ``size`` (default 256).
+    """
+    if data_root is not None:
+        root = Path(data_root)
+        bsds = root / "BSDS500"
+        if (bsds / "train").is_dir() and (bsds / "val").is_dir():
+            listing = bsds / _BACKGROUNDS
+            if not listing.is_file():
+                raise FileNotFoundError(
+                    f"{listing} is missing: without it the Rain100 test backgrounds cannot be "
+                    "excluded from training"
+                )
+            excluded = _excluded_ids(listing)
+            images: list[np.ndarray] = []
+            dropped = 0
+            for split in ("train", "val"):
+                for f in sorted((bsds / split).iterdir()):
+                    if f.suffix.lower() not in _JPEG or not f.is_file():
+                        continue
+                    if f.stem in excluded:
+                        dropped += 1
+                        continue
+                    images.append(_read_rgb(f))
+            n_bsds = len(images)
+            desc = f"BSDS500 train+val minus {dropped} Rain100 backgrounds ({n_bsds} images)"
+            kodak = root / "train" / "Kodak24"
+            if kodak.is_dir():
+                pngs = sorted(f for f in kodak.iterdir() if f.suffix.lower() == ".png" and f.is_file())
+                images.extend(_read_rgb(f) for f in pngs)
+                desc += f" + Kodak24 ({len(pngs)} images)"
+            return images, f"{desc} from {root}, native resolution"
+    from datasets.embedded import clean_images
+
+    side = int(size or 256)
+    pairs = clean_images("train", side)
+    reason = "no data root" if data_root is None else f"no BSDS500/train and BSDS500/val under {data_root}"
+    return [img for _, img in pairs], f"embedded train split ({len(pairs)} images, {side}x{side}; {reason})"
