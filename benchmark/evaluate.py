@@ -38,9 +38,11 @@ def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | N
               disable=not progress, unit="img", leave=False)
     for name, rainy, clean in it:
         values = image_metrics(run_model(net, rainy), clean)
+        if getattr(net, "last_exit", None) is not None:  # blocks a detachable model ran for this image
+            values["blocks"] = float(net.last_exit)
         per_image.append({"image": name, **values})
     if not per_image:
         raise ValueError(f"dataset {getattr(dataset, 'name', dataset)!r} yielded no images")
-    means = {m: float(np.mean([p[m] for p in per_image])) for m in METRICS}
+    means = {m: float(np.mean([p[m] for p in per_image])) for m in METRICS + ("blocks",) if m in per_image[0]}
     return {"metrics": means, "per_image": per_image, "n_images": len(per_image),
             "seconds": time.perf_counter() - start}

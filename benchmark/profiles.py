@@ -22,7 +22,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", embedded_size=64, real_limit=8, train_iterations=40, train_batch=4, train_patch=48,
                      description="CI and the regression gate: seconds to minutes on 2 CPU cores"),
-    "quick": Profile("quick", embedded_size=192, real_limit=None, train_iterations=1500, train_batch=16,
+    "quick": Profile("quick", embedded_size=192, real_limit=None, train_iterations=1000, train_batch=16,
                      train_patch=64,
                      description="the default: the embedded default (and any real data) on a laptop CPU"),
     "paper": Profile("paper", embedded_size=256, real_limit=None, train_iterations=50_000, train_batch=16,

@@ -2,6 +2,7 @@
 
     all     [--profile P] [--data-root DIR] [--force] [--dry-run]   every table
     table   ID [same options]                                      one table
+    figure  ID [same options]                                      one figure (PNG)
     list                                                           tables, methods, datasets, profiles
     score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N]
     params  METHOD                                                 parameter counts
@@ -42,20 +43,26 @@ def parameter_counts(methods) -> dict:
     return out
 
 
+def figures_dir(results: Path, profile: str) -> Path:
+    return results / "figures" if profile == DEFAULT_PROFILE else results / "figures" / profile
+
+
 def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
-               results: Path = RESULTS, progress: bool = True) -> int:
+               results: Path = RESULTS, progress: bool = True, figure_ids=()) -> int:
+    """Compute the cells of the given tables and figures (each shared cell once), then render them."""
     from tqdm import tqdm
 
+    from benchmark import figures
     from datasets.catalog import data_root_from
     from models import registry
 
     profile = get_profile(profile_name)
     data_root = data_root_from(data_root_arg)
     specs = [get_table(t) for t in table_ids]
+    figs = [figures.get_figure(f) for f in figure_ids]
     registered = set(registry.names())
-    keys = []
-    for spec in specs:
-        keys += [k for k in spec.keys() if k.method in registered and k not in keys]
+    wanted = [k for spec in specs for k in spec.keys()] + [k for f in figs for k in figures.keys(f, data_root)]
+    keys = list(dict.fromkeys(k for k in wanted if k.method in registered))
     store = Store(cells_dir(results, profile.name))
     print(f"profile {profile.name}; data root {data_root or '(none: embedded default only)'}; "
           f"{len(keys)} cells -> {store.root}")
@@ -74,6 +81,9 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
         params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
         for p in write_table(spec, cells, registered, tdir, params):
             print(f"wrote {p}")
+    for fig in figs:
+        runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
+        print(f"wrote {figures.draw(fig, cells, data_root, figures_dir(results, profile.name), runtimes)}")
     s = ctx.stats
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
           f"{s['skipped']} skipped (no data), {s['failed']} failed")
@@ -88,6 +98,10 @@ def cmd_list() -> int:
     print("tables:")
     for t in TABLES.values():
         print(f"  {t.id}: {t.title}")
+    from benchmark.figures import FIGURES
+    print("figures:")
+    for f in FIGURES.values():
+        print(f"  {f.id}: {f.title}")
     print("methods:")
     for m in registry.names():
         spec = registry.get(m)
@@ -176,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--force", action="store_true")
     p.add_argument("--dry-run", action="store_true")
-    sub.add_parser("list", help="tables, methods, datasets, profiles")
+    p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
+    p.add_argument("figure_id", metavar="ID", help="fig4, fig6, fig8, fig9, compute")
+    common(p)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--dry-run", action="store_true")
+    sub.add_parser("list", help="tables, figures, methods, datasets, profiles")
     p = sub.add_parser("score", help="score one method on one dataset; last stdout line is JSON")
     p.add_argument("method")
     p.add_argument("dataset", help="registered name, embedded-light/embedded-heavy, or a folder of pairs")
@@ -202,8 +221,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "all":
+            from benchmark.figures import FIGURES
             return run_tables(list(TABLES), args.profile, args.data_root, args.force, args.dry_run,
-                              args.results, args.progress)
+                              args.results, args.progress, figure_ids=list(FIGURES))
+        if args.command == "figure":
+            return run_tables([], args.profile, args.data_root, args.force, args.dry_run, args.results,
+                              args.progress, figure_ids=[args.figure_id])
         if args.command == "table":
             return run_tables([args.table_id], args.profile, args.data_root, args.force, args.dry_run,
                               args.results, args.progress)

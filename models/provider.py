@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,8 @@ from torch import nn
 from models.registry import REPO, file_identity
 
 WEIGHTS_DIR = REPO / "results" / "weights"
-CACHE_DIR = REPO / "results" / "cache" / "weights"
+#: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
+CACHE_DIR = Path(os.environ.get("RESGUIDE_CACHE") or REPO / "results" / "cache") / "weights"
 
 
 def weights_name(family: str, tag: str, profile: str) -> str:
@@ -76,9 +78,23 @@ def ship(family: str, tag: str, profile: str) -> Path:
     if not src.exists():
         raise FileNotFoundError(f"no trained weights at {src}; train them first")
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, WEIGHTS_DIR / f"{name}.pt")
-    shutil.copyfile(CACHE_DIR / f"{name}.json", WEIGHTS_DIR / f"{name}.json")
+    for suffix in (".pt", ".json", ".autoexit.json"):  # the weights, their record, derived calibrations
+        if (CACHE_DIR / f"{name}{suffix}").exists():
+            shutil.copyfile(CACHE_DIR / f"{name}{suffix}", WEIGHTS_DIR / f"{name}{suffix}")
     return WEIGHTS_DIR / f"{name}.pt"
+
+
+def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], dict]) -> dict:
+    """A JSON record derived from trained weights (e.g. the auto-exit threshold): shipped, cached, or
+    made now by ``make()`` and cached."""
+    name = f"{weights_name(family, tag, profile)}.{kind}.json"
+    for folder in (WEIGHTS_DIR, CACHE_DIR):
+        if (folder / name).exists():
+            return json.loads((folder / name).read_text())
+    record = make()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    (CACHE_DIR / name).write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module], outputs_fn: Callable,

@@ -166,17 +166,28 @@ class ResGuideNet(nn.Module):
         if init:
             xavier_init_(self)
 
-    def _run(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
-        outputs: list[torch.Tensor] = []
+    def iter_blocks(self, x: torch.Tensor):
+        """Yield y(1), y(2), ... y(M) lazily, so a caller may stop after any block."""
         residuals: list[torch.Tensor] = []       # newest first: r(k-1), ..., r(1)
         inp = x
-        for k in range(upto):
+        for k in range(self.num_blocks):
             r = self.blocks[k](inp)
             y = x + r                            # Eq. 5: shortcut to the rainy input
-            outputs.append(y)
+            yield y
             residuals.insert(0, r)
-            if k + 1 < upto:
+            if k + 1 < self.num_blocks:
                 inp = torch.cat([y, *residuals], dim=1) if self.residual_reuse else y
+
+    def merged(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """The final reconstruction from y(1..M) (y(M) when the model has no merge)."""
+        return outputs[-1] if self.merge is None else self.merge(torch.cat(outputs, dim=1))
+
+    def _run(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        outputs: list[torch.Tensor] = []
+        for y in self.iter_blocks(x):
+            outputs.append(y)
+            if len(outputs) == upto:
+                break
         return outputs
 
     def _check_exit(self, exit_block: int) -> int:
@@ -189,10 +200,7 @@ class ResGuideNet(nn.Module):
         """Merged output (or y(M) without a merge); with ``exit_block=k``, y(k) from blocks 1..k."""
         if exit_block is not None:
             return self._run(x, self._check_exit(exit_block))[-1]
-        outputs = self._run(x, self.num_blocks)
-        if self.merge is None:
-            return outputs[-1]
-        return self.merge(torch.cat(outputs, dim=1))
+        return self.merged(self._run(x, self.num_blocks))
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[y(1), ..., y(M), merged]; the merged entry only when the model has a merge."""

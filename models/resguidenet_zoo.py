@@ -30,6 +30,7 @@ class Exit(nn.Module):
         super().__init__()
         self.net = net
         self.k = k
+        self.last_exit = k
 
     def forward(self, x):
         return self.net(x, exit_block=self.k)
@@ -45,6 +46,7 @@ class Full(nn.Module):
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+        self.last_exit = net.num_blocks
 
     def forward(self, x):
         return self.net(x)
@@ -88,11 +90,44 @@ for _k in range(1, 6):
     register(f"resguidenet_{_k}", paper_name=f"ResGuideNet_{_k}",
              description=f"the same weights detached after block {_k}")(
         _factory("resguidenet", "resguidenet", exit_block=_k))
-register("baseline", paper_name="Baseline", description="cascade without residual reuse (ablation)")(
-    _factory("baseline", "baseline"))
-register("baseline_rr", paper_name="Baseline-RR", description="cascade with residual reuse, no merge (ablation)")(
-    _factory("baseline_rr", "baseline_rr"))
-register("resguidenet_nrecur", paper_name="ResGuideNet-NRecur", description="no recursion (ablation)")(
-    _factory("resguidenet_nrecur", "resguidenet_nrecur"))
-register("resguidenet_l2", paper_name="ResGuideNet (l2 only)", description="trained with the l2 loss only (ablation)")(
-    _factory("resguidenet_l2", "resguidenet", use_ssim=False))
+ABLATIONS = {  # method -> (paper name, variant, uses the SSIM loss, description)
+    "baseline": ("Baseline", "baseline", True, "cascade without residual reuse"),
+    "baseline_rr": ("Baseline-RR", "baseline_rr", True, "cascade with residual reuse, no merge"),
+    "resguidenet_nrecur": ("ResGuideNet-NRecur", "resguidenet_nrecur", True, "no recursion"),
+    "resguidenet_l2": ("ResGuideNet (l2 only)", "resguidenet", False, "trained with the l2 loss only"),
+}
+for _name, (_paper, _variant, _ssim, _desc) in ABLATIONS.items():
+    register(_name, paper_name=_paper, description=f"{_desc} (ablation)")(
+        _factory(_name, _variant, use_ssim=_ssim))
+    for _k in range(1, 6):  # per-block curves of the ablation figures
+        register(f"{_name}_{_k}", paper_name=f"{_paper} block {_k}", description=f"{_desc}, block {_k} (ablation)")(
+            _factory(_name, _variant, exit_block=_k, use_ssim=_ssim))
+
+
+def _auto(weights, profile, data_root):
+    """ResGuideNet with the automatic exit; the threshold is calibrated on training patches."""
+    from benchmark.profiles import get_profile
+    from models.autoexit import AutoExit, calibrate
+    from models.train import PatchSampler, training_images
+
+    full, info = _factory("resguidenet", "resguidenet")(weights, profile, data_root)
+    net = full.net
+    if weights == "init":
+        return AutoExit(net, 0.0), {**info, "autoexit": None}
+    tag = weights if weights in RAIN_TAGS else "light"
+
+    def make():
+        prof = get_profile(profile)
+        images, desc = training_images(data_root)
+        sampler = PatchSampler(images, rain=tag, patch=prof.train_patch, seed=prof.seed + 1)
+        return {**calibrate(net, sampler), "training_data": desc, "rain": tag}
+
+    if info.get("tag") == "path":
+        record = make()
+    else:
+        record = provider.derived("resguidenet", tag, profile, "autoexit", make)
+    return AutoExit(net, record["tau"]), {**info, "autoexit": record}
+
+
+register("resguidenet_auto", paper_name="ResGuideNet (auto exit)",
+         description="stops after the block where the output settles (beyond the paper)")(_auto)

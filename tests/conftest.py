@@ -6,6 +6,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+    # Nothing a test trains may land in the repository's training cache.
+    if not os.environ.get("RESGUIDE_CACHE"):
+        import tempfile
+
+        os.environ["RESGUIDE_CACHE"] = tempfile.mkdtemp(prefix="resguide-test-cache-")
+
+
 @pytest.fixture
 def data_root():
     """The real-data folder from RESGUIDE_DATA; tests that use it skip when it is unset."""

@@ -1,0 +1,184 @@
+"""The paper's ablation figures, drawn with seaborn from result cells (PNG under results/figures/).
+
+Each figure is plain data: series of (label, methods per x position, rain type). A series'
+points are ordinary result cells, computed and reused like the tables' cells. Light-rain
+series use Rain100L when it is under the data root (else the embedded light set); heavy-rain
+series use Rain100H (else the embedded heavy set). The compute curve also times each exit
+of ResGuideNet on this machine.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.cells import CellKey, atomic_write_text
+
+BLOCKS = ("1", "2", "3", "4", "5")
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    methods: tuple[str, ...]  # one method per x position
+    rain: str                 # "light" or "heavy": the weights and the dataset
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    id: str
+    title: str
+    x: tuple[str, ...]
+    series: tuple[Series, ...]
+    metric: str = "ssim_y"
+    kind: str = "per_block"   # or "compute": quality against time and parameters
+    note: str = ""
+
+
+def _exits(family: str, merged: str | None = None) -> tuple[str, ...]:
+    return tuple(f"{family}_{k}" for k in BLOCKS) + ((merged,) if merged else ())
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "fig4": FigureSpec(
+        "fig4", "Fig. 4: SSIM of each block's output, light and heavy rain", BLOCKS + ("merged",),
+        (Series("light rain", _exits("resguidenet", "resguidenet"), "light"),
+         Series("heavy rain", _exits("resguidenet", "resguidenet"), "heavy"))),
+    "fig6": FigureSpec(
+        "fig6", "Fig. 6: Baseline against Baseline-RR (residual reuse), per block, heavy rain", BLOCKS,
+        (Series("Baseline", _exits("baseline"), "heavy"), Series("Baseline-RR", _exits("baseline_rr"), "heavy"))),
+    "fig8": FigureSpec(
+        "fig8", "Fig. 8: l2 loss against l2+SSIM loss, per block, heavy rain", BLOCKS + ("merged",),
+        (Series("l2", _exits("resguidenet_l2", "resguidenet_l2"), "heavy"),
+         Series("l2 + SSIM", _exits("resguidenet", "resguidenet"), "heavy")),
+        note="ours compares the loss on the full ResGuideNet (the paper's figure uses Baseline-RR)"),
+    "fig9": FigureSpec(
+        "fig9", "Fig. 9: with and without recursion, per block, heavy rain", BLOCKS + ("merged",),
+        (Series("ResGuideNet-NRecur", _exits("resguidenet_nrecur", "resguidenet_nrecur"), "heavy"),
+         Series("ResGuideNet", _exits("resguidenet", "resguidenet"), "heavy"))),
+    "compute": FigureSpec(
+        "compute", "Quality against compute: ResGuideNet_k, k = 1..5, and the merged model", BLOCKS + ("merged",),
+        (Series("light rain", _exits("resguidenet", "resguidenet"), "light"),
+         Series("heavy rain", _exits("resguidenet", "resguidenet"), "heavy")),
+        metric="psnr_y", kind="compute"),
+}
+
+
+def get_figure(fig_id: str) -> FigureSpec:
+    if fig_id not in FIGURES:
+        raise ValueError(f"unknown figure {fig_id!r}; choose one of {', '.join(FIGURES)}")
+    return FIGURES[fig_id]
+
+
+def dataset_for(rain: str, data_root) -> str:
+    """Rain100L / Rain100H when they are under the data root, else the embedded set."""
+    from datasets.names import resolve_dataset
+    from datasets.pairs import DatasetError
+
+    real = {"light": "Rain100L", "heavy": "Rain100H"}[rain]
+    if data_root is not None:
+        try:
+            resolve_dataset(real, data_root)
+            return real
+        except DatasetError:
+            pass
+    return f"embedded-{rain}"
+
+
+def keys(spec: FigureSpec, data_root) -> list[CellKey]:
+    return [CellKey(m, dataset_for(s.rain, data_root), s.rain) for s in spec.series for m in s.methods]
+
+
+# ---------------------------------------------------------------- timing for the compute curve
+
+def time_method(method: str, size: int = 256, repeats: int = 5, profile: str = "smoke") -> dict:
+    """Median CPU seconds of one ``size``×``size`` forward pass (after a warm-up), with ``init`` weights."""
+    import torch
+
+    from models import registry
+
+    net, _ = registry.load(method, "init", profile)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.inference_mode():
+        net(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - t0)
+    return {"method": method, "size": size, "repeats": repeats, "median_s": statistics.median(times),
+            "threads": torch.get_num_threads(), "params": registry.count_parameters(net)["trainable"]}
+
+
+def timings(spec: FigureSpec, store_root: Path, force: bool = False) -> dict[str, dict]:
+    """Per-method timing records, stored beside the cells and reused unless ``force``."""
+    out = {}
+    for m in dict.fromkeys(m for s in spec.series for m in s.methods):
+        path = Path(store_root) / f"runtime__{m}.json"
+        if path.exists() and not force:
+            out[m] = json.loads(path.read_text())
+            continue
+        out[m] = time_method(m)
+        atomic_write_text(path, json.dumps(out[m], indent=1) + "\n")
+    return out
+
+
+# ---------------------------------------------------------------- drawing
+
+def frame(spec: FigureSpec, cells: dict[str, dict], data_root):
+    """The figure's points as a pandas DataFrame (series, x, value, dataset, status)."""
+    import pandas as pd
+
+    rows = []
+    for s in spec.series:
+        ds = dataset_for(s.rain, data_root)
+        for x, m in zip(spec.x, s.methods):
+            cell = cells.get(CellKey(m, ds, s.rain).id) or {}
+            ok = cell.get("status") == "ok"
+            rows.append({"series": s.label, "x": x, "method": m, "dataset": ds, "status": cell.get("status", "not run"),
+                         "value": cell["metrics"][spec.metric] if ok else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def draw(spec: FigureSpec, cells: dict[str, dict], data_root, out_dir: Path, runtimes: dict | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    df = frame(spec, cells, data_root)
+    sns.set_theme(style="whitegrid", context="paper")
+    metric = spec.metric.replace("_y", " (Y)").upper()
+    if spec.kind == "compute":
+        df["ms"] = [runtimes[m]["median_s"] * 1000 for m in df["method"]]
+        df["params"] = [runtimes[m]["params"] for m in df["method"]]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, col, label in ((axes[0], "ms", "ms per 256×256 image (CPU, median)"),
+                               (axes[1], "params", "parameters")):
+            sns.lineplot(data=df, x=col, y="value", hue="series", marker="o", ax=ax)
+            for _, r in df[df["series"] == df["series"].iloc[0]].iterrows():
+                ax.annotate(r["x"], (r[col], r["value"]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            ax.set_xlabel(label)
+            ax.set_ylabel(metric)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        sns.pointplot(data=df, x="x", y="value", hue="series", markers="o", ax=ax)
+        ax.set_xlabel("block")
+        ax.set_ylabel(metric)
+    datasets = ", ".join(sorted(set(df["dataset"])))
+    missing = int(df["value"].isna().sum())
+    fig.suptitle(f"{spec.title}\n(data: {datasets}" + (f"; {missing} points missing" if missing else "") + ")",
+                 fontsize=8)
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{spec.id}.png"
+    tmp = out_dir / f".{spec.id}.png.tmp"
+    fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    atomic_write_text(out_dir / f"{spec.id}.csv", df.to_csv(index=False))
+    return path

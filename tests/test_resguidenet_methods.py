@@ -1,0 +1,113 @@
+"""The registered ResGuideNet methods, the weights provider, the automatic exit and the figures."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark import figures
+from benchmark.cells import CellKey
+from benchmark.run import main
+from models import provider, registry
+from models.autoexit import AutoExit, calibrate
+from models.resguidenet import build
+from models.train import PatchSampler, save_weights
+from datasets.embedded import clean_images
+
+
+def _last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_every_exit_and_ablation_is_registered():
+    names = registry.names()
+    for n in ["resguidenet", "resguidenet_auto", "baseline", "baseline_rr", "resguidenet_nrecur", "resguidenet_l2"]:
+        assert n in names
+    assert all(f"resguidenet_{k}" in names and f"baseline_rr_{k}" in names for k in range(1, 6))
+
+
+def test_params_report_ours_and_the_papers(capsys):
+    assert main(["params", "resguidenet"]) == 0
+    assert _last_json(capsys) == {"method": "resguidenet", "trainable": 31983, "all_variables": 31983,
+                                  "paper": 37065}
+    assert main(["params", "resguidenet_3"]) == 0
+    assert _last_json(capsys)["trainable"] == 17865
+
+
+def test_exit_k_uses_the_same_weights_as_the_full_model(tmp_path):
+    net = build("resguidenet")[0]
+    path = tmp_path / "w.pt"
+    save_weights(net, path, {"training_data": "test"})
+    x = torch.rand(1, 3, 20, 24)
+    full, info = registry.load("resguidenet", str(path))
+    three, _ = registry.load("resguidenet_3", str(path))
+    assert info["tag"] == "path" and info["sha256"]
+    with torch.no_grad():
+        outs = net.forward_all(x)
+        assert torch.equal(three(x), outs[2]) and torch.equal(full(x), outs[-1])
+    assert three.last_exit == 3
+
+
+def test_weights_that_do_not_fit_name_the_first_tensor(tmp_path):
+    path = tmp_path / "other.pt"
+    save_weights(build("baseline")[0], path, {})
+    with pytest.raises(ValueError, match=r"other\.pt.*blocks\.0"):
+        registry.load("resguidenet", str(path))
+    with pytest.raises(FileNotFoundError, match="neither a tag"):
+        registry.load("resguidenet", str(tmp_path / "missing.pt"))
+
+
+def test_provider_trains_when_no_weights_exist_and_reuses_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
+    from benchmark import profiles
+    tiny = replace(profiles.PROFILES["smoke"], name="tiny", train_iterations=2, train_batch=2, train_patch=24)
+    monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
+    net, info = registry.load("resguidenet_2", "heavy", "tiny")
+    assert info["source"].startswith("trained here") and info["tag"] == "heavy"
+    record = json.loads((tmp_path / "cache" / "resguidenet-heavy-tiny.json").read_text())
+    assert record["iterations"] == 2 and record["config"]["rain"] == "heavy" and "embedded" in record["training_data"]
+    _, again = registry.load("resguidenet", "heavy", "tiny")
+    assert again["sha256"] == info["sha256"]  # one training serves every exit
+    provider.ship("resguidenet", "heavy", "tiny")
+    assert (tmp_path / "shipped" / "resguidenet-heavy-tiny.pt").exists()
+
+
+def test_auto_exit_stops_when_the_output_settles():
+    net = build("resguidenet")[0]
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        never = AutoExit(net, 0.0)
+        assert torch.equal(never(x), net(x)) and never.last_exit == 5
+        always = AutoExit(net, float("inf"))
+        assert torch.equal(always(x), net(x, exit_block=2)) and always.last_exit == 2
+
+
+def test_auto_exit_calibration_keeps_within_tolerance():
+    net = build("resguidenet")[0]
+    sampler = PatchSampler([img for _, img in clean_images("train", 64)], rain="light", patch=32, seed=0)
+    record = calibrate(net, sampler, n_patches=8, tolerance_db=0.1, batch=4)
+    assert record["psnr_loss_db"] <= 0.1 and 2 <= record["mean_blocks"] <= 5 and record["n_patches"] == 8
+
+
+def test_figure_frame_and_png(tmp_path):
+    spec = figures.get_figure("fig6")
+    cells = {}
+    for s in spec.series:
+        for i, m in enumerate(s.methods):
+            key = CellKey(m, "embedded-heavy", "heavy")
+            cells[key.id] = {"status": "ok", "metrics": {"ssim_y": 0.5 + 0.01 * i + (0.1 if "rr" in m else 0)}}
+    df = figures.frame(spec, cells, None)
+    assert len(df) == 10 and set(df["dataset"]) == {"embedded-heavy"}
+    rr = df[df["series"] == "Baseline-RR"]["value"].to_numpy()
+    assert np.allclose(rr, [0.6, 0.61, 0.62, 0.63, 0.64])
+    path = figures.draw(spec, cells, None, tmp_path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "fig6.csv").exists()
+
+
+def test_figure_datasets_prefer_real_data(tmp_path):
+    assert figures.dataset_for("light", None) == "embedded-light"
+    (tmp_path / "Rain100H").mkdir()
+    assert figures.dataset_for("heavy", tmp_path) == "Rain100H"
+    assert figures.dataset_for("light", tmp_path) == "embedded-light"
