@@ -214,6 +214,15 @@ PRESETS: dict[str, RainParams] = {
 }
 
 
+MIXTURES = ("ddn",)  # names add_rain accepts besides the presets: a per-image choice of presets
+
+
+def validate(rain: str | RainParams) -> None:
+    """Raise KeyError for a rain name that ``add_rain`` would not accept."""
+    if rain not in MIXTURES:
+        resolve(rain)
+
+
 def resolve(rain: str | RainParams) -> RainParams:
     """Turn a preset name (or a RainParams) into RainParams."""
     if isinstance(rain, RainParams):

@@ -46,14 +46,22 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
     """Train ``net`` (already initialised) for ``profile_name`` and cache its weights; returns the path."""
     from benchmark.cells import code_version
     from benchmark.profiles import get_profile
-    from models.train import PatchSampler, TrainConfig, save_weights, train, training_images
+    from models.train import (PairedPatchSampler, PatchSampler, TrainConfig, real_training_pairs, save_weights,
+                              train, training_images)
 
     profile = get_profile(profile_name)
     name = weights_name(family, tag, profile_name)
     cfg = TrainConfig(iterations=profile.train_iterations, batch=profile.train_batch, patch=profile.train_patch,
                       seed=profile.seed, rain=tag, use_ssim=use_ssim)
-    images, data_desc = training_images(data_root)
-    sampler = PatchSampler(images, rain=tag, patch=cfg.patch, seed=cfg.seed)
+    real = real_training_pairs(data_root, tag)
+    if real is not None:  # the user's real training pairs (e.g. RainTrainL) take precedence
+        sampler = PairedPatchSampler(real, patch=cfg.patch, seed=cfg.seed)
+        release = real.describe().get("release") or "unregistered"
+        data_desc = f"real pairs {real.name} ({len(real)} pairs, {release})"
+    else:
+        images, data_desc = training_images(data_root)
+        data_desc += f"; rain synthesised by datasets.rain ({tag})"
+        sampler = PatchSampler(images, rain=tag, patch=cfg.patch, seed=cfg.seed)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     info = train(net, outputs_fn, sampler, cfg, CACHE_DIR / f"{name}.ckpt", progress=progress)
     meta = {

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from datasets.rain import add_rain, resolve
+from datasets.rain import add_rain, validate
 from models.losses import resguide_loss
 
 __all__ = [
@@ -89,7 +89,7 @@ class PatchSampler:
             raise ValueError(f"PatchSampler: patch must be positive, got {patch}")
         if seed < 0:
             raise ValueError(f"PatchSampler: seed must be >= 0, got {seed}")
-        resolve(rain)  # unknown presets fail here, not in the middle of training
+        validate(rain)  # unknown presets fail here, not in the middle of training
         checked = []
         for i, img in enumerate(images):
             img = np.asarray(img)
@@ -133,6 +133,65 @@ class PatchSampler:
             clean[i] = crop
             rainy[i] = wet
         return _to_tensor(rainy), _to_tensor(clean)
+
+
+class PairedPatchSampler:
+    """Random patch pairs cropped at the same place from real rainy/clean training pairs
+    (a ``datasets.pairs.FolderPairs``, e.g. RainTrainL). Same ``batch(n, step)`` contract as
+    ``PatchSampler``: the batch of a step is a pure function of (seed, step)."""
+
+    def __init__(self, pairs, patch: int, seed: int):
+        if len(pairs) == 0:
+            raise ValueError(f"PairedPatchSampler: no pairs in {getattr(pairs, 'root', pairs)}")
+        self.pairs = pairs
+        self.patch = int(patch)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from datasets.pairs import load_pair
+
+        p = self.patch
+        rng = np.random.default_rng([self.seed, int(step)])
+        rainy = np.empty((n, p, p, 3), dtype=np.uint8)
+        clean = np.empty((n, p, p, 3), dtype=np.uint8)
+        for i in range(n):
+            pair = self.pairs.pairs[int(rng.integers(len(self.pairs)))]
+            wet, dry = load_pair(pair)
+            h, w = dry.shape[:2]
+            if h < p or w < p:
+                raise ValueError(f"{pair.clean}: {h}x{w} is smaller than the {p}x{p} training patch")
+            y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+            flip = bool(rng.random() < 0.5)
+            wet, dry = wet[y:y + p, x:x + p], dry[y:y + p, x:x + p]
+            if flip:
+                wet, dry = wet[:, ::-1], dry[:, ::-1]
+            rainy[i], clean[i] = wet, dry
+        return _to_tensor(rainy), _to_tensor(clean)
+
+
+#: Folder names of real paired training sets per rain type, searched under the data root.
+REAL_TRAINING_SETS = {
+    "light": ("RainTrainL", "Rain100L_train", "train_Rain100L"),
+    "heavy": ("RainTrainH", "Rain100H_train", "train_Rain100H"),
+    "ddn": ("Rain12600", "rain_data_train", "DDN_train"),
+}
+
+
+def real_training_pairs(data_root: Path | None, rain: str):
+    """The user's real paired training set for ``rain`` under the data root, or None."""
+    from datasets.pairs import FolderPairs
+
+    if data_root is None:
+        return None
+    wanted = {n.lower() for n in REAL_TRAINING_SETS.get(rain, ())}
+    for depth in (1, 2, 3):
+        for path in sorted(Path(data_root).glob("/".join(["*"] * depth))):
+            if path.is_dir() and path.name.lower() in wanted:
+                return FolderPairs(path)
+    return None
 
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:

@@ -111,3 +111,29 @@ def test_figure_datasets_prefer_real_data(tmp_path):
     (tmp_path / "Rain100H").mkdir()
     assert figures.dataset_for("heavy", tmp_path) == "Rain100H"
     assert figures.dataset_for("light", tmp_path) == "embedded-light"
+
+
+def test_real_training_pairs_take_precedence(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from models.train import PairedPatchSampler, real_training_pairs
+
+    root = tmp_path / "data" / "train" / "RainTrainL"
+    (root / "rainy").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in (1, 2, 3):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / f"norain-{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / "rainy" / f"rain-{i}.png")
+    pairs = real_training_pairs(tmp_path / "data", "light")
+    assert pairs is not None and len(pairs) == 3
+    assert real_training_pairs(tmp_path / "data", "heavy") is None
+    sampler = PairedPatchSampler(pairs, patch=16, seed=0)
+    a, b = sampler.batch(4, step=7), sampler.batch(4, step=7)
+    assert a[0].shape == (4, 3, 16, 16) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
+    from benchmark import profiles
+    tiny = replace(profiles.PROFILES["smoke"], name="tiny", train_iterations=1, train_batch=2, train_patch=16)
+    monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
+    _, info = registry.load("resguidenet", "light", "tiny", tmp_path / "data")
+    assert info["training_data"].startswith("real pairs RainTrainL (3 pairs")
