@@ -161,13 +161,16 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
                     n_images=result["n_images"], seconds=result["seconds"], dataset_info=desc,
                     weights=winfo, fingerprint=fp)
         ctx.stats["computed"] += 1
+    except registry.WeightsUnavailable as exc:
+        cell.update(status="skipped", skip_reason="weights", error=str(exc))
+        ctx.stats["skipped"] += 1
     except DatasetMissing as exc:
         old = ctx.store.load(key)
         if old and old.get("status") == "ok":
             # computed earlier on a machine that had the data: keep it rather than lose it
             ctx.stats["kept"] += 1
             return old
-        cell.update(status="skipped", error=str(exc))
+        cell.update(status="skipped", skip_reason="data", error=str(exc))
         ctx.stats["skipped"] += 1
     except Exception as exc:  # a failed cell is recorded and the run goes on
         cell.update(status="failed", error=f"{type(exc).__name__} while {stage}: {exc}",

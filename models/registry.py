@@ -40,6 +40,34 @@ class MethodSpec:
 REGISTRY: dict[str, MethodSpec] = {}
 
 
+class WeightsUnavailable(LookupError):
+    """The requested weights do not exist here (not trained by the suite yet, or an official
+    checkpoint that is not under the data root): the cell is skipped, not failed."""
+
+
+#: Where the authors' released checkpoints sit under the data root (``--weights official``).
+OFFICIAL_WEIGHTS = {
+    "ddn": "weights/DDN/model",
+    "prenet": "weights/PReNet/Rain100L/net_latest.pth",
+    "jorder": "weights/JORDER/rain_removal_single_light.caffemodel",
+}
+
+
+def official_weights(method: str, data_root: Path | None) -> Path:
+    """The authors' checkpoint of ``method`` under the data root; WeightsUnavailable if absent."""
+    rel = OFFICIAL_WEIGHTS.get(method)
+    if rel is None:
+        raise WeightsUnavailable(f"{method}: the suite knows no official checkpoint for this method")
+    if data_root is None:
+        raise WeightsUnavailable(f"{method}: official weights are looked up under the data root "
+                                 f"({rel}); pass --data-root or set RESGUIDE_DATA, or give --weights PATH")
+    path = Path(data_root) / rel
+    candidates = [path, path.with_name(path.name + ".index")]
+    if not any(c.exists() for c in candidates):
+        raise WeightsUnavailable(f"{method}: no official checkpoint at {path}")
+    return path
+
+
 class UnknownMethod(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
@@ -117,8 +145,8 @@ def state_identity(net: nn.Module) -> str:
 
 def _import_all() -> None:
     # Importing the method modules registers them.
-    from models import identity, resguidenet_zoo  # noqa: F401
+    from models import ddn, identity, resguidenet_zoo  # noqa: F401
 
 
 __all__ = ["MethodSpec", "REGISTRY", "register", "get", "names", "load", "count_parameters",
-           "file_identity", "state_identity", "UnknownMethod"]
+           "file_identity", "state_identity", "UnknownMethod", "WeightsUnavailable", "official_weights"]
