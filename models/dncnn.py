@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.registry import file_identity, register
+from models.registry import WeightsUnavailable, file_identity, register
 
 #: MatConvNet's vl_nnbnorm epsilon (its stored moments are [mean, sqrt(var + eps)]).
 BN_EPS = 1e-4
@@ -202,7 +202,7 @@ def _factory(channels: int, example: str):
         if weights == "init":
             return net, {"tag": "init"}
         if weights is None:
-            raise ValueError(f"this DnCNN needs the authors' weights: pass --weights PATH to {example}; "
+            raise WeightsUnavailable(f"this DnCNN needs the authors' weights: pass --weights PATH to {example}; "
                              "the suite does not train DnCNN yet")
         path = Path(weights)
         if not path.is_file():

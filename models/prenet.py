@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import file_identity, register
+from models.registry import WeightsUnavailable, file_identity, official_weights, register
 
 OFFICIAL_WEIGHTS = "PReNet/Rain100L/net_latest.pth"  # csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth
 
@@ -131,10 +131,13 @@ def build_prenet(weights, profile, data_root):
     net = PReNet()
     if weights == "init":
         return net, {"tag": "init"}
+    if weights == "official":
+        weights = official_weights("prenet", data_root)
     if weights is None:
-        raise ValueError("prenet needs the authors' weights: pass --weights PATH to their "
-                         f"{OFFICIAL_WEIGHTS} (csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth); "
-                         "the suite does not train PReNet yet")
+        raise WeightsUnavailable("prenet needs the authors' weights: pass --weights official (under the data root) "
+                                 "or --weights PATH to their "
+                                 f"{OFFICIAL_WEIGHTS} (csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth); "
+                                 "the suite does not train PReNet yet")
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"prenet weights {weights!r}: no such file")

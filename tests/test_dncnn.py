@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.dncnn import BN_EPS, DnCNN, load_dncnn_mat, matlab_filters_to_torch
-from models.registry import REGISTRY, count_parameters
+from models.registry import REGISTRY, WeightsUnavailable, count_parameters
 
 h5py = pytest.importorskip("h5py")
 
@@ -57,7 +57,7 @@ def test_parameter_counts():
 
 
 def test_no_weights_asks_for_the_file():
-    with pytest.raises(ValueError, match=r"--weights PATH.*sigma=25\.mat"):
+    with pytest.raises(WeightsUnavailable, match=r"--weights PATH.*sigma=25\.mat"):
         _factory("dncnn")(None, "smoke", None)
 
 

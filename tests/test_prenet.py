@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.prenet import PReNet, build_prenet
-from models.registry import count_parameters
+from models.registry import WeightsUnavailable, count_parameters
 
 
 def _random_net(seed=0):
@@ -43,7 +43,7 @@ def test_parameter_names_and_count():
 
 
 def test_no_weights_asks_for_the_file():
-    with pytest.raises(ValueError, match="--weights PATH.*net_latest.pth"):
+    with pytest.raises(WeightsUnavailable, match="--weights PATH.*net_latest.pth"):
         build_prenet(None, "smoke", None)
 
 
