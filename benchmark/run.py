@@ -48,7 +48,7 @@ def figures_dir(results: Path, profile: str) -> Path:
 
 
 def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
-               results: Path = RESULTS, progress: bool = True, figure_ids=()) -> int:
+               results: Path = RESULTS, progress: bool = True, figure_ids=(), train_missing: bool = False) -> int:
     """Compute the cells of the given tables and figures (each shared cell once), then render them."""
     from tqdm import tqdm
 
@@ -73,8 +73,11 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
             print(f"  {k.id}: {state}")
         return 0
     ctx = Context(profile=profile, data_root=data_root, store=store, force=force, progress=progress)
-    for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
-        run_cell(key, ctx)
+    from models.provider import training_allowed
+
+    with training_allowed(train_missing):  # weights that were never trained are skipped unless asked
+        for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
+            run_cell(key, ctx)
     cells = store.all()
     tdir = tables_dir(results, profile.name)
     for spec in specs:
@@ -181,20 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
         p.add_argument("--no-progress", dest="progress", action="store_false")
 
+    def batch(p):
+        p.add_argument("--force", action="store_true", help="recompute fresh cells too")
+        p.add_argument("--dry-run", action="store_true", help="list the cells and their state; compute nothing")
+        p.add_argument("--train-missing", action="store_true",
+                       help="train weights that do not exist yet (else their cells are skipped)")
+
     p = sub.add_parser("all", help="compute every table")
     common(p)
-    p.add_argument("--force", action="store_true", help="recompute fresh cells too")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their state; compute nothing")
+    batch(p)
     p = sub.add_parser("table", help="compute one table")
     p.add_argument("table_id", metavar="ID", help=", ".join(TABLES))
     common(p)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--dry-run", action="store_true")
+    batch(p)
     p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
     p.add_argument("figure_id", metavar="ID", help="fig4, fig6, fig8, fig9, compute")
     common(p)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--dry-run", action="store_true")
+    batch(p)
     sub.add_parser("list", help="tables, figures, methods, datasets, profiles")
     p = sub.add_parser("score", help="score one method on one dataset; last stdout line is JSON")
     p.add_argument("method")
@@ -223,13 +229,13 @@ def main(argv=None) -> int:
         if args.command == "all":
             from benchmark.figures import FIGURES
             return run_tables(list(TABLES), args.profile, args.data_root, args.force, args.dry_run,
-                              args.results, args.progress, figure_ids=list(FIGURES))
+                              args.results, args.progress, figure_ids=list(FIGURES), train_missing=args.train_missing)
         if args.command == "figure":
             return run_tables([], args.profile, args.data_root, args.force, args.dry_run, args.results,
-                              args.progress, figure_ids=[args.figure_id])
+                              args.progress, figure_ids=[args.figure_id], train_missing=args.train_missing)
         if args.command == "table":
             return run_tables([args.table_id], args.profile, args.data_root, args.force, args.dry_run,
-                              args.results, args.progress)
+                              args.results, args.progress, train_missing=args.train_missing)
         if args.command == "list":
             return cmd_list()
         if args.command == "score":

@@ -10,22 +10,37 @@ its checkpoint when it was interrupted.
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import json
 import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
 from torch import nn
 
-from models.registry import REPO, file_identity
+from models.registry import REPO, WeightsUnavailable, file_identity
 
 WEIGHTS_DIR = REPO / "results" / "weights"
 #: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
 CACHE_DIR = Path(os.environ.get("RESGUIDE_CACHE") or REPO / "results" / "cache") / "weights"
+
+
+_TRAINING_ALLOWED = contextvars.ContextVar("training_allowed", default=True)
+
+
+@contextmanager
+def training_allowed(flag: bool):
+    """Within this block, missing weights are trained now (True) or reported as unavailable (False)."""
+    token = _TRAINING_ALLOWED.set(bool(flag))
+    try:
+        yield
+    finally:
+        _TRAINING_ALLOWED.reset(token)
 
 
 def weights_name(family: str, tag: str, profile: str) -> str:
@@ -112,6 +127,10 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
 
     net = build()
     path = find(family, tag, profile)
+    if path is None and not _TRAINING_ALLOWED.get():
+        raise WeightsUnavailable(
+            f"{family} is not trained for {tag} rain in the {profile} profile: run `python -m benchmark.run train "
+            f"{family} --rain {tag} --profile {profile}` (or pass --train-missing)")
     if path is None:
         path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress)
     meta = load_weights(net, path)

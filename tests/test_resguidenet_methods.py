@@ -137,3 +137,17 @@ def test_real_training_pairs_take_precedence(tmp_path, monkeypatch):
     monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
     _, info = registry.load("resguidenet", "light", "tiny", tmp_path / "data")
     assert info["training_data"].startswith("real pairs RainTrainL (3 pairs")
+
+
+def test_untrained_weights_are_skipped_unless_training_is_allowed(tmp_path, monkeypatch):
+    from benchmark.cells import Context, Store, run_cell
+    from benchmark.profiles import get_profile
+
+    monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
+    ctx = Context(profile=get_profile("smoke"), data_root=None, store=Store(tmp_path / "cells"), progress=False)
+    with provider.training_allowed(False):
+        cell = run_cell(CellKey("resguidenet_l2", "embedded-heavy", "heavy"), ctx)
+    assert cell["status"] == "skipped" and cell["skip_reason"] == "weights"
+    assert "benchmark.run train resguidenet_l2 --rain heavy --profile smoke" in cell["error"]
+    assert not (tmp_path / "cache").exists()

@@ -1,0 +1,35 @@
+import pytest
+
+from benchmark.cells import CellKey, Context, Store, run_cell
+from benchmark.profiles import get_profile
+from models import registry
+
+
+def test_official_weights_are_found_under_the_data_root(tmp_path):
+    with pytest.raises(registry.WeightsUnavailable, match="data root"):
+        registry.official_weights("prenet", None)
+    with pytest.raises(registry.WeightsUnavailable, match="no official checkpoint"):
+        registry.official_weights("prenet", tmp_path)
+    path = tmp_path / "weights" / "PReNet" / "Rain100L" / "net_latest.pth"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"x")
+    assert registry.official_weights("prenet", tmp_path) == path
+    (tmp_path / "weights" / "DDN").mkdir()
+    (tmp_path / "weights" / "DDN" / "model.index").write_bytes(b"x")  # a TF prefix counts by its index
+    assert registry.official_weights("ddn", tmp_path) == tmp_path / "weights" / "DDN" / "model"
+    with pytest.raises(registry.WeightsUnavailable, match="knows no official"):
+        registry.official_weights("identity", tmp_path)
+
+
+def test_a_method_without_weights_is_skipped_not_failed(tmp_path):
+    ctx = Context(profile=get_profile("smoke"), data_root=None, store=Store(tmp_path), progress=False)
+    cell = run_cell(CellKey("ddn", "embedded-light"), ctx)
+    assert cell["status"] == "skipped" and cell["skip_reason"] == "weights" and "--weights" in cell["error"]
+    assert ctx.stats["skipped"] == 1 and ctx.stats["failed"] == 0
+
+
+def test_every_registered_method_builds_its_architecture():
+    for name in registry.names():
+        net, info = registry.load(name, "init")
+        counts = registry.count_parameters(net)
+        assert counts["all_variables"] >= counts["trainable"] >= 0, name
