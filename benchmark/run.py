@@ -89,7 +89,7 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
         print(f"wrote {figures.draw(fig, cells, data_root, figures_dir(results, profile.name), runtimes)}")
     s = ctx.stats
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
-          f"{s['skipped']} skipped (no data), {s['failed']} failed")
+          f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
     return 1 if s["failed"] else 0
 
 
