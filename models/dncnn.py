@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, register
+from models.registry import WeightsUnavailable, file_identity, first_mismatch, register
 
 #: MatConvNet's vl_nnbnorm epsilon (its stored moments are [mean, sqrt(var + eps)]).
 BN_EPS = 1e-4
@@ -156,22 +156,6 @@ def load_dncnn_mat(path: str | Path) -> dict[str, torch.Tensor]:
 # loading
 
 
-def _shape(t) -> tuple | None:
-    return tuple(t.shape) if isinstance(t, torch.Tensor) else None
-
-
-def first_mismatch(saved: dict, model: dict) -> str | None:
-    """The first tensor whose name or shape differs (model order first, then extra names)."""
-    for name, tensor in model.items():
-        if name not in saved:
-            return f"{name}: missing from the file (model {tuple(tensor.shape)})"
-        if _shape(saved[name]) != tuple(tensor.shape):
-            return f"{name}: file {_shape(saved[name])} vs model {tuple(tensor.shape)}"
-    for name, tensor in saved.items():
-        if name not in model:
-            return f"{name}: in the file {_shape(tensor)} but not in the model"
-    return None
-
 
 def load_dncnn_weights(net: DnCNN, path: str | Path) -> str:
     """Load a ``.mat`` (authors') or PyTorch state dict strictly; return the format read."""
@@ -221,4 +205,4 @@ register("dncnn_color", paper_name="DnCNN (colour)", task="denoise",
 
 
 __all__ = ["DnCNN", "load_dncnn_mat", "load_dncnn_weights", "matlab_filters_to_torch",
-           "read_matconvnet_layers", "first_mismatch", "BN_EPS"]
+           "read_matconvnet_layers", "BN_EPS"]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, official_weights, register
+from models.registry import WeightsUnavailable, file_identity, first_mismatch, official_weights, register
 
 OFFICIAL_WEIGHTS = "PReNet/Rain100L/net_latest.pth"  # csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth
 
@@ -83,22 +83,6 @@ class PReNet(nn.Module):
 # weights
 
 
-def _shape(t) -> tuple | None:
-    return tuple(t.shape) if isinstance(t, torch.Tensor) else None
-
-
-def first_mismatch(saved: dict, model: dict) -> str | None:
-    """The first tensor whose name or shape differs (model order first, then extra names)."""
-    for name, tensor in model.items():
-        if name not in saved:
-            return f"{name}: missing from the file (model {tuple(tensor.shape)})"
-        if _shape(saved[name]) != tuple(tensor.shape):
-            return f"{name}: file {_shape(saved[name])} vs model {tuple(tensor.shape)}"
-    for name, tensor in saved.items():
-        if name not in model:
-            return f"{name}: in the file {_shape(tensor)} but not in the model"
-    return None
-
 
 def _unwrap(obj, path: Path) -> dict:
     """A state dict from a raw state dict, a {"state_dict": ...} file, or a DataParallel save."""
@@ -145,4 +129,4 @@ def build_prenet(weights, profile, data_root):
     return net, {"tag": "official", **file_identity(path)}
 
 
-__all__ = ["PReNet", "load_prenet_weights", "first_mismatch", "build_prenet"]
+__all__ = ["PReNet", "load_prenet_weights", "build_prenet"]

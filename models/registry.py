@@ -134,6 +134,23 @@ def file_identity(path: str | Path) -> dict:
     return {"path": shown, "bytes": p.stat().st_size, "sha256": digest}
 
 
+def first_mismatch(saved: dict, model: dict) -> str | None:
+    """The first tensor whose name or shape differs between a saved state dict and a model's
+    (model order first, then names only the file has); None when every tensor fits."""
+    def shape(t):
+        return tuple(t.shape) if hasattr(t, "shape") else None
+
+    for name, tensor in model.items():
+        if name not in saved:
+            return f"{name}: missing from checkpoint (model {tuple(tensor.shape)})"
+        if shape(saved[name]) != tuple(tensor.shape):
+            return f"{name}: checkpoint {shape(saved[name])} vs model {tuple(tensor.shape)}"
+    for name, tensor in saved.items():
+        if name not in model:
+            return f"{name}: in checkpoint {shape(tensor)} but not in model"
+    return None
+
+
 def state_identity(net: nn.Module) -> str:
     """sha256 over a module's tensors, for weights that were built in memory."""
     h = hashlib.sha256()
@@ -149,4 +166,4 @@ def _import_all() -> None:
 
 
 __all__ = ["MethodSpec", "REGISTRY", "register", "get", "names", "load", "count_parameters",
-           "file_identity", "state_identity", "UnknownMethod", "WeightsUnavailable", "official_weights"]
+           "file_identity", "state_identity", "UnknownMethod", "WeightsUnavailable", "official_weights", "first_mismatch"]

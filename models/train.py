@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from datasets.rain import add_rain, validate
 from models.losses import resguide_loss
+from models.registry import first_mismatch
 
 __all__ = [
     "TrainConfig",
@@ -232,27 +233,11 @@ def _load(path: Path) -> Any:
         raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def _shape(t: Any) -> tuple[int, ...] | None:
-    return tuple(t.shape) if isinstance(t, torch.Tensor) else None
-
-
-def _first_mismatch(saved: dict, model: dict) -> str | None:
-    """Describe the first tensor whose name or shape differs (model order, then extras)."""
-    for name, tensor in model.items():
-        if name not in saved:
-            return f"{name}: missing from checkpoint (model {tuple(tensor.shape)})"
-        if _shape(saved[name]) != tuple(tensor.shape):
-            return f"{name}: checkpoint {_shape(saved[name])} vs model {tuple(tensor.shape)}"
-    for name, tensor in saved.items():
-        if name not in model:
-            return f"{name}: in checkpoint {_shape(tensor)} but not in model"
-    return None
-
 
 def _load_state_strict(net: torch.nn.Module, state: Any, path: Path) -> None:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: no state dict in the file")
-    problem = _first_mismatch(state, net.state_dict())
+    problem = first_mismatch(state, net.state_dict())
     if problem is not None:
         raise ValueError(f"{path}: checkpoint does not match the model: {problem}")
     net.load_state_dict(state, strict=True)
