@@ -1,6 +1,6 @@
 """Command line of the suite: ``python -m benchmark.run COMMAND``.
 
-    all     [--profile P] [--data-root DIR] [--force] [--dry-run]   every table
+    all     [--profile P] [--data-root DIR] [--force] [--dry-run] [--train-missing]   every table and figure
     table   ID [same options]                                      one table
     figure  ID [same options]                                      one figure (PNG)
     list                                                           tables, methods, datasets, profiles
@@ -28,8 +28,9 @@ def cells_dir(results: Path, profile: str) -> Path:
     return results / "cells" / profile
 
 
-def tables_dir(results: Path, profile: str) -> Path:
-    return results / "tables" if profile == DEFAULT_PROFILE else results / "tables" / profile
+def output_dir(results: Path, kind: str, profile: str) -> Path:
+    """results/<kind>/ for the default profile, results/<kind>/<profile>/ for the others."""
+    return results / kind if profile == DEFAULT_PROFILE else results / kind / profile
 
 
 def parameter_counts(methods) -> dict:
@@ -41,10 +42,6 @@ def parameter_counts(methods) -> dict:
             net, _ = registry.load(m, "init")
             out[m] = registry.count_parameters(net)
     return out
-
-
-def figures_dir(results: Path, profile: str) -> Path:
-    return results / "figures" if profile == DEFAULT_PROFILE else results / "figures" / profile
 
 
 def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
@@ -79,14 +76,14 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
         for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
             run_cell(key, ctx)
     cells = store.all()
-    tdir = tables_dir(results, profile.name)
+    tdir = output_dir(results, "tables", profile.name)
     for spec in specs:
         params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
         for p in write_table(spec, cells, registered, tdir, params):
             print(f"wrote {p}")
     for fig in figs:
         runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
-        print(f"wrote {figures.draw(fig, cells, data_root, figures_dir(results, profile.name), runtimes)}")
+        print(f"wrote {figures.draw(fig, cells, data_root, output_dir(results, 'figures', profile.name), runtimes)}")
     s = ctx.stats
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
           f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
