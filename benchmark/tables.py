@@ -216,25 +216,27 @@ def _build(spec: TableSpec, cells: dict[str, dict], registered: set[str], params
     return body, notes
 
 
+def _first_ok(spec: TableSpec, cells: dict[str, dict], places) -> dict | None:
+    """The first ok cell among (row, column) places."""
+    return next((c for row, col in places if (c := cells.get(spec.key(row, col).id)) and c.get("status") == "ok"),
+                None)
+
+
 def _provenance(spec: TableSpec, cells: dict[str, dict]) -> list[str]:
     lines = []
     for row in spec.rows:
-        for col in spec.columns:
-            cell = cells.get(spec.key(row, col).id)
-            if cell and cell.get("status") == "ok":
-                d = cell.get("dataset_info", {})
-                known = "known release" if d.get("known") else "unregistered folder"
-                lines.append(f"{row}: {d.get('release') or d.get('name')} {d.get('version', '?')} ({known}), "
-                             f"{cell['n_images']} images, fingerprint {str(d.get('fingerprint', '?'))[:12]}")
-                break
+        cell = _first_ok(spec, cells, ((row, col) for col in spec.columns))
+        if cell:
+            d = cell.get("dataset_info", {})
+            known = "known release" if d.get("known") else "unregistered folder"
+            lines.append(f"{row}: {d.get('release') or d.get('name')} {d.get('version', '?')} ({known}), "
+                         f"{cell['n_images']} images, fingerprint {str(d.get('fingerprint', '?'))[:12]}")
     weights = []
     for col in spec.columns:
-        for row in spec.rows:
-            cell = cells.get(spec.key(row, col).id)
-            if cell and cell.get("status") == "ok":
-                w = cell.get("weights", {})
-                weights.append(f"{col.label}: {w.get('tag', '?')}" + (f" ({w['sha256'][:12]})" if w.get("sha256") else ""))
-                break
+        cell = _first_ok(spec, cells, ((row, col) for row in spec.rows))
+        if cell:
+            w = cell.get("weights", {})
+            weights.append(f"{col.label}: {w.get('tag', '?')}" + (f" ({w['sha256'][:12]})" if w.get("sha256") else ""))
     profiles = sorted({c.get("profile") for c in cells.values() if c.get("profile")})
     out = []
     if profiles:
