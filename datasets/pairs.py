@@ -303,46 +303,37 @@ def _keyed(files: list[Path], key_fn, what: str, problems: list[str], by: str) -
     return table
 
 
-def _pair_by_number(plan: _Plan) -> list[Pair]:
+def _pair_by(plan: _Plan, key_fn, by: str, partner, name_fn) -> list[Pair]:
+    """Pair rainy and clean files whose ``key_fn`` agree; every file must find its partner.
+
+    ``by`` names the key in messages ("number" / "name"), ``partner(key)`` describes the
+    missing partner, ``name_fn(rainy_path, key)`` gives the pair's image name.
+    """
     problems: list[str] = []
-    rmap = _keyed(plan.rainy, lambda p: _number_key(p.stem), "rainy", problems, "number")
-    cmap = _keyed(plan.clean, lambda p: _number_key(p.stem), "clean", problems, "number")
+    rmap = _keyed(plan.rainy, key_fn, "rainy", problems, by)
+    cmap = _keyed(plan.clean, key_fn, "clean", problems, by)
     pairs = []
     for key, r in rmap.items():
         c = cmap.get(key)
         if c is None:
-            problems.append(f"{r}: rainy image has no clean partner numbered "
-                            f"{_key_text(key)} in {plan.clean_dir}")
+            problems.append(f"{r}: rainy image has no clean partner {partner(key)} in {plan.clean_dir}")
         else:
-            pairs.append(Pair(_number_text(r.stem), r, c))
+            pairs.append(Pair(name_fn(r, key), r, c))
     for key, c in cmap.items():
         if key not in rmap:
-            problems.append(f"{c}: clean image has no rainy partner numbered "
-                            f"{_key_text(key)} in {plan.rainy_dir}")
+            problems.append(f"{c}: clean image has no rainy partner {partner(key)} in {plan.rainy_dir}")
     if problems:
         _raise(problems)
     return pairs
+
+
+def _pair_by_number(plan: _Plan) -> list[Pair]:
+    return _pair_by(plan, lambda p: _number_key(p.stem), "number",
+                    lambda key: f"numbered {_key_text(key)}", lambda r, key: _number_text(r.stem))
 
 
 def _pair_by_stem(plan: _Plan) -> list[Pair]:
-    problems: list[str] = []
-    rmap = _keyed(plan.rainy, lambda p: p.stem, "rainy", problems, "name")
-    cmap = _keyed(plan.clean, lambda p: p.stem, "clean", problems, "name")
-    pairs = []
-    for stem, r in rmap.items():
-        c = cmap.get(stem)
-        if c is None:
-            problems.append(f"{r}: rainy image has no clean partner named {stem}.* "
-                            f"in {plan.clean_dir}")
-        else:
-            pairs.append(Pair(stem, r, c))
-    for stem, c in cmap.items():
-        if stem not in rmap:
-            problems.append(f"{c}: clean image has no rainy partner named {stem}.* "
-                            f"in {plan.rainy_dir}")
-    if problems:
-        _raise(problems)
-    return pairs
+    return _pair_by(plan, lambda p: p.stem, "name", lambda stem: f"named {stem}.*", lambda r, stem: stem)
 
 
 def _pair_subfolders(plan: _Plan) -> list[Pair]:

@@ -21,3 +21,14 @@ def data_root():
     if not value or not Path(value).is_dir():
         pytest.skip("RESGUIDE_DATA is not set (real data absent)")
     return Path(value)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions run much faster single-threaded on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

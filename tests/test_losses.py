@@ -6,12 +6,7 @@ from benchmark import metrics
 from models.losses import block_loss, resguide_loss, ssim_torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(dtype, shape=(2, 3, 24, 20), seed=0):

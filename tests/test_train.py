@@ -55,13 +55,7 @@ class FixedSampler:
         return self.rainy[:n], self.clean[:n]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny convolutions are much faster single-threaded on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
