@@ -7,6 +7,8 @@
     score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N]
     params  METHOD                                                 parameter counts
     train   METHOD [--rain light|heavy] [--profile P] [--data-root DIR] [--ship]
+            [--device cuda] [--workers N] [--max-seconds S]      (exit 3: stopped at the limit, rerun resumes)
+    runtime METHOD [--size 500] [--device cpu|cuda] [--dtype float32|bfloat16] [--batch N] [--repeats N]
     check   [--data-root DIR] [--reference FILE] [--update]        regression gate
 """
 from __future__ import annotations
@@ -146,7 +148,8 @@ def cmd_params(method: str) -> int:
     return 0
 
 
-def cmd_train(method: str, rain: str, profile_name: str, data_root_arg, ship: bool, progress=True) -> int:
+def cmd_train(method: str, rain: str, profile_name: str, data_root_arg, ship: bool, progress=True,
+              device: str = "cpu", workers: int = 0, max_seconds: float | None = None) -> int:
     """Train (or resume training) a method the suite trains itself; ``--ship`` copies the weights
     and their record into results/weights/ for committing."""
     from datasets.catalog import data_root_from
@@ -159,7 +162,15 @@ def cmd_train(method: str, rain: str, profile_name: str, data_root_arg, ship: bo
         raise ValueError(f"method {method!r} is not trained by the suite")
     path = provider.find(family, rain, profile_name)
     if path is None:
-        registry.load(method, rain, profile_name, data_root_from(data_root_arg))
+        try:
+            with provider.train_options(device, workers, max_seconds, progress):
+                registry.load(method, rain, profile_name, data_root_from(data_root_arg))
+        except provider.TrainingIncomplete as exc:
+            print(f"incomplete: {exc}", file=sys.stderr)
+            if ship:
+                print(f"committed run checkpoint: {provider.ship_checkpoint(family, rain, profile_name)}",
+                      file=sys.stderr)
+            return 3
         path = provider.find(family, rain, profile_name)
     if ship and path.parent != provider.WEIGHTS_DIR:
         path = provider.ship(family, rain, profile_name)
@@ -212,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rain", default="light", help="rain type of the training data: light, heavy, ...")
     common(p)
     p.add_argument("--ship", action="store_true", help="copy the weights and their record into results/weights/")
+    p.add_argument("--device", default="cpu", help="where the training steps run: cpu (default), cuda, cuda:1")
+    p.add_argument("--workers", type=int, default=0, help="processes making the batches ahead (same batches)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after this much wall time with a checkpoint; the same command resumes (exit 3)")
+    p = sub.add_parser("runtime", help="running time of one method (JSON line)")
+    p.add_argument("method")
+    p.add_argument("--size", type=int, default=500, help="image side in pixels (default 500, as Table 4)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warm-up)")
     p = sub.add_parser("check", help="regression gate: recompute smoke cells and compare with the reference")
     p.add_argument("--data-root", default=None)
     p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")
@@ -241,7 +266,13 @@ def main(argv=None) -> int:
         if args.command == "params":
             return cmd_params(args.method)
         if args.command == "train":
-            return cmd_train(args.method, args.rain, args.profile, args.data_root, args.ship, args.progress)
+            return cmd_train(args.method, args.rain, args.profile, args.data_root, args.ship, args.progress,
+                             args.device, args.workers, args.max_seconds)
+        if args.command == "runtime":
+            from benchmark.runtime import measure
+            print(json.dumps(measure(args.method, args.size, args.device, args.dtype, args.batch, args.repeats,
+                                     args.warmup, channels_last=args.channels_last, compile=args.compile)))
+            return 0
         if args.command == "check":
             from benchmark.check import run_check
             return run_check(args.data_root, args.reference, args.update, args.progress)

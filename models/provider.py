@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from contextlib import contextmanager
@@ -31,6 +32,31 @@ CACHE_DIR = Path(os.environ.get("RESGUIDE_CACHE") or REPO / "results" / "cache")
 
 
 _TRAINING_ALLOWED = contextvars.ContextVar("training_allowed", default=True)
+_TRAIN_OPTIONS = contextvars.ContextVar("train_options", default={})
+
+
+class TrainingIncomplete(RuntimeError):
+    """Training stopped at its time limit; the checkpoint is kept and a rerun resumes it."""
+
+
+@contextmanager
+def train_options(device: str = "cpu", workers: int = 0, max_seconds: float | None = None, progress: bool = True):
+    """Within this block, training runs on ``device`` with ``workers`` batch processes, stops
+    (resumably) after ``max_seconds`` and shows a progress bar if ``progress``."""
+    token = _TRAIN_OPTIONS.set({"device": device, "workers": int(workers), "max_seconds": max_seconds,
+                                "progress": bool(progress)})
+    try:
+        yield
+    finally:
+        _TRAIN_OPTIONS.reset(token)
+
+
+def device_name(device: str) -> str:
+    """``cpu`` or the accelerator's name, e.g. ``cuda (NVIDIA H100 80GB HBM3)``."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return dev.type
 
 
 @contextmanager
@@ -78,13 +104,35 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         data_desc += f"; rain synthesised by datasets.rain ({tag})"
         sampler = PatchSampler(images, rain=tag, patch=cfg.patch, seed=cfg.seed)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    info = train(net, outputs_fn, sampler, cfg, CACHE_DIR / f"{name}.ckpt", progress=progress)
+    opts = _TRAIN_OPTIONS.get()
+    device = opts.get("device", "cpu")
+    ckpt = CACHE_DIR / f"{name}.ckpt"
+    shipped_run = WEIGHTS_DIR / f"{name}.ckpt"
+    if not ckpt.exists() and shipped_run.exists():  # a run in progress committed to the repository
+        print(f"resuming the committed run {shipped_run}", file=sys.stderr)
+        shutil.copyfile(shipped_run, ckpt)
+    info = train(net, outputs_fn, sampler, cfg, ckpt, progress=progress and opts.get("progress", True),
+                 device=device, log=lambda msg: print(msg, file=sys.stderr),
+                 workers=opts.get("workers", 0), max_seconds=opts.get("max_seconds"))
+    command = (f"python -m benchmark.run train {family} --rain {tag} --profile {profile_name}"
+               + (" --data-root DATA" if data_root else "") + (f" --device {device}" if device != "cpu" else ""))
+    if not info["complete"]:
+        progress_record = {
+            "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg), "training_data": data_desc,
+            "iterations_done": info["iterations"], "iterations": cfg.iterations, "seconds": round(info["seconds"], 1),
+            "final_loss": info["final_loss"], "device": device_name(device), "command": command,
+            "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        (CACHE_DIR / f"{name}.ckpt.json").write_text(json.dumps(progress_record, indent=1) + "\n")
+        raise TrainingIncomplete(
+            f"{family} ({tag} rain, {profile_name} profile) stopped at its time limit after iteration "
+            f"{info['iterations']}/{cfg.iterations}; the checkpoint {ckpt} is kept and the same command resumes it")
     meta = {
         "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg),
         "training_data": data_desc, "iterations": info["iterations"], "seconds": round(info["seconds"], 1),
         "final_loss": info["final_loss"], "patches_per_s": info["patches_per_s"],
-        "command": f"python -m benchmark.run train {family} --rain {tag} --profile {profile_name}"
-                   + (" --data-root DATA" if data_root else ""),
+        "command": command,
+        "device": device_name(device),
         "code_version": code_version(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -104,7 +152,23 @@ def ship(family: str, tag: str, profile: str) -> Path:
     for suffix in (".pt", ".json", ".autoexit.json"):  # the weights, their record, derived calibrations
         if (CACHE_DIR / f"{name}{suffix}").exists():
             shutil.copyfile(CACHE_DIR / f"{name}{suffix}", WEIGHTS_DIR / f"{name}{suffix}")
+    for suffix in (".ckpt", ".ckpt.json"):  # the run is finished: drop its committed checkpoint
+        (WEIGHTS_DIR / f"{name}{suffix}").unlink(missing_ok=True)
     return WEIGHTS_DIR / f"{name}.pt"
+
+
+def ship_checkpoint(family: str, tag: str, profile: str) -> Path:
+    """Copy an unfinished run's checkpoint and progress record into ``results/weights/`` so that
+    a later machine (e.g. one with a GPU) resumes it from the repository."""
+    name = weights_name(family, tag, profile)
+    src = CACHE_DIR / f"{name}.ckpt"
+    if not src.exists():
+        raise FileNotFoundError(f"no training checkpoint at {src}")
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    for suffix in (".ckpt", ".ckpt.json"):
+        if (CACHE_DIR / f"{name}{suffix}").exists():
+            shutil.copyfile(CACHE_DIR / f"{name}{suffix}", WEIGHTS_DIR / f"{name}{suffix}")
+    return WEIGHTS_DIR / f"{name}.ckpt"
 
 
 def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], dict]) -> dict:

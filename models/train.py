@@ -12,7 +12,9 @@
 """
 from __future__ import annotations
 
+import collections
 import math
+import multiprocessing
 import os
 import tempfile
 import time
@@ -114,6 +116,11 @@ class PatchSampler:
 
     def batch(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rainy, clean): float32 n x 3 x P x P tensors in [0, 1] for this step."""
+        rainy, clean = self.arrays(n, step)
+        return _to_tensor(rainy), _to_tensor(clean)
+
+    def arrays(self, n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rainy, clean): uint8 n x P x P x 3 arrays for this step (what ``batch`` converts)."""
         if n < 1 or step < 0:
             raise ValueError(f"PatchSampler.batch: need n >= 1 and step >= 0, got n={n}, step={step}")
         p = self.patch
@@ -133,7 +140,7 @@ class PatchSampler:
                 crop, wet = crop[:, ::-1], wet[:, ::-1]
             clean[i] = crop
             rainy[i] = wet
-        return _to_tensor(rainy), _to_tensor(clean)
+        return rainy, clean
 
 
 class PairedPatchSampler:
@@ -152,6 +159,10 @@ class PairedPatchSampler:
         return len(self.pairs)
 
     def batch(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rainy, clean = self.arrays(n, step)
+        return _to_tensor(rainy), _to_tensor(clean)
+
+    def arrays(self, n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
         from datasets.pairs import load_pair
 
         p = self.patch
@@ -170,7 +181,7 @@ class PairedPatchSampler:
             if flip:
                 wet, dry = wet[:, ::-1], dry[:, ::-1]
             rainy[i], clean[i] = wet, dry
-        return _to_tensor(rainy), _to_tensor(clean)
+        return rainy, clean
 
 
 #: Folder names of real paired training sets per rain type, searched under the data root.
@@ -197,6 +208,63 @@ def real_training_pairs(data_root: Path | None, rain: str):
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+# The sampler that forked prefetch workers read (set in the parent just before the fork).
+_WORKER_SAMPLER = None
+
+
+def _worker_arrays(n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    return _WORKER_SAMPLER.arrays(n, step)
+
+
+class Batches:
+    """The batches of steps ``start, start+1, ...`` in order, made in ``workers`` forked processes.
+
+    A step's batch is a pure function of (seed, step), so the stream is the same for any
+    number of workers (0 makes them in this process). At most ``2 * workers`` batches are
+    in flight, so memory stays bounded when the model is slower than the workers.
+    """
+
+    def __init__(self, sampler, n: int, start: int, workers: int = 0):
+        global _WORKER_SAMPLER
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.sampler, self.n, self.next_step = sampler, int(n), int(start)
+        self.pool = None
+        self.pending: collections.deque = collections.deque()
+        if workers > 0 and hasattr(sampler, "arrays"):
+            _WORKER_SAMPLER = sampler
+            self.pool = multiprocessing.get_context("fork").Pool(workers)
+            self.depth = 2 * workers
+            self.queued = self.next_step
+            self._fill()
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.depth:
+            self.pending.append(self.pool.apply_async(_worker_arrays, (self.n, self.queued)))
+            self.queued += 1
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self.next_step
+        self.next_step += 1
+        if self.pool is None:
+            return self.sampler.batch(self.n, step)
+        rainy, clean = self.pending.popleft().get()
+        self._fill()
+        return _to_tensor(rainy), _to_tensor(clean)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------
@@ -279,8 +347,10 @@ def _logger(log: Any) -> Callable[[str], None]:
     return log
 
 
-def _summary(iteration: int, seconds: float, final_loss: float | None, history: list, batch: int) -> dict:
+def _summary(iteration: int, seconds: float, final_loss: float | None, history: list, batch: int,
+             complete: bool = True) -> dict:
     return {
+        "complete": complete,
         "iterations": iteration,
         "seconds": seconds,
         "final_loss": final_loss,
@@ -297,17 +367,25 @@ def train(
     ckpt_path: Path,
     progress: bool = True,
     log: Any = None,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    max_seconds: float | None = None,
 ) -> dict:
     """Train ``net`` for cfg.iterations RMSprop steps, resuming from ``ckpt_path`` if it exists.
 
     outputs_fn(net, rainy) returns the outputs to supervise (e.g. ``net.forward_all``).
     ``log`` is None, a callable taking a string, or a logging.Logger.
-    Returns {"iterations", "seconds", "final_loss", "patches_per_s", "loss_history"};
-    "seconds" is the training wall time accumulated over every resumption.
+    ``device`` runs the steps there (the net is back on the CPU on return); ``workers``
+    forked processes make the batches ahead (same stream for any number);
+    ``max_seconds`` stops this call early, with a checkpoint, after that much wall time.
+    Returns {"iterations", "seconds", "final_loss", "patches_per_s", "loss_history",
+    "complete"}; "seconds" is the training wall time accumulated over every resumption.
     """
     ckpt_path = Path(ckpt_path)
     say = _logger(log)
+    device = torch.device(device)
     torch.manual_seed(cfg.seed)
+    net.to(device)
     optimizer = torch.optim.RMSprop(net.parameters(), lr=cfg.lr)
 
     iteration = 0
@@ -339,6 +417,7 @@ def train(
         final_loss = ckpt.get("final_loss")
         say(f"resuming from {ckpt_path} at iteration {iteration}/{cfg.iterations}")
         if iteration >= cfg.iterations:
+            net.to("cpu")
             return _summary(iteration, seconds, final_loss, history, cfg.batch)
 
     saved_iteration = iteration if ckpt_path.exists() else None
@@ -372,9 +451,15 @@ def train(
     bar = tqdm(total=cfg.iterations, initial=iteration, disable=not progress, desc="train", unit="it")
     t0 = time.perf_counter()
     start = iteration
+    batches = Batches(sampler, cfg.batch, iteration, workers)
     try:
         while iteration < cfg.iterations:
-            rainy, clean = sampler.batch(cfg.batch, iteration)
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds and iteration > start:
+                checkpoint()
+                break
+            rainy, clean = batches.get()
+            rainy = rainy.to(device, non_blocking=True)
+            clean = clean.to(device, non_blocking=True)
             outputs = outputs_fn(net, rainy)
             loss = resguide_loss(outputs, clean, lam=cfg.lam, use_ssim=cfg.use_ssim)
             value = float(loss.detach())
@@ -397,11 +482,15 @@ def train(
             if iteration % cfg.ckpt_every == 0 or iteration == cfg.iterations:
                 checkpoint()
     finally:
+        batches.close()
         bar.close()
+        net.to("cpu")
     # The run always ends with a checkpoint; report the time it recorded so that the
     # returned and the saved totals agree (the final write itself is not counted).
     seconds = saved_seconds
-    result = _summary(iteration, seconds, final_loss, history, cfg.batch)
+    result = _summary(iteration, seconds, final_loss, history, cfg.batch, complete=iteration >= cfg.iterations)
+    if not result["complete"]:
+        say(f"stopped after {max_seconds} s at iteration {iteration}/{cfg.iterations}; rerun to resume")
     say(
         f"trained {iteration} iterations in {seconds:.1f} s "
         f"({result['patches_per_s']:.1f} patches/s), final loss {final_loss:.4f}"

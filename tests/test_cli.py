@@ -66,3 +66,23 @@ def test_identity_on_rain100l_reproduces_the_papers_rainy_column(capsys, data_ro
     assert line["n_images"] == 100 and line["dataset_known"] is True and line["dataset_version"] == "old-100"
     assert round(line["psnr_y"], 2) == 26.90
     assert round(line["ssim_y"], 3) == 0.838
+
+
+def _runtime_json(capsys, method, size, *extra):
+    assert main(["runtime", method, "--size", size, *extra]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_runtime_prints_one_json_line(capsys):
+    rec = _runtime_json(capsys, "resguidenet_3", "32", "--repeats", "2", "--warmup", "1")
+    assert rec["method"] == "resguidenet_3" and rec["device"] == "cpu" and rec["repeats"] == 2
+    assert rec["min_s"] <= rec["median_s"] <= rec["max_s"]
+    assert rec["params"] == 17865
+    # convolution FLOPs of ResGuideNet_3 grow with the pixel count
+    big = _runtime_json(capsys, "resguidenet_3", "64", "--repeats", "1", "--warmup", "0")
+    assert big["gflops"] == pytest.approx(4 * rec["gflops"], rel=0.02)
+
+
+def test_runtime_rejects_bad_arguments(capsys):
+    assert main(["runtime", "resguidenet", "--size", "2"]) == 2
+    assert "size" in capsys.readouterr().err

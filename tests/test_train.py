@@ -223,3 +223,30 @@ def test_training_images_fallback(tmp_path):
 def test_training_images_real_count(data_root):
     images, desc = training_images(data_root)
     assert len(images) == 234 + 24, desc
+
+
+def test_worker_batches_equal_in_process_batches(sampler):
+    with mt.Batches(sampler, 3, start=5, workers=2) as forked:
+        got = [forked.get() for _ in range(4)]
+    with mt.Batches(sampler, 3, start=5, workers=0) as local:
+        want = [local.get() for _ in range(4)]
+    for (a_r, a_c), (b_r, b_c) in zip(got, want):
+        assert torch.equal(a_r, b_r) and torch.equal(a_c, b_c)
+    assert torch.equal(got[0][0], sampler.batch(3, 5)[0])
+    with pytest.raises(ValueError, match="workers"):
+        mt.Batches(sampler, 3, start=0, workers=-1)
+
+
+def test_time_limit_stops_with_checkpoint_and_resume_is_exact(sampler, tmp_path):
+    full = _net(0)
+    train(full, outputs, sampler, _cfg(), tmp_path / "full.pt", progress=False)
+
+    part = _net(0)
+    r1 = train(part, outputs, sampler, _cfg(), tmp_path / "part.pt", progress=False, max_seconds=0.0, workers=2)
+    assert not r1["complete"] and r1["iterations"] == 1  # at least one step, then the limit
+    assert torch.load(tmp_path / "part.pt", weights_only=True)["iteration"] == 1
+    r2 = train(part, outputs, sampler, _cfg(), tmp_path / "part.pt", progress=False, workers=2)
+    assert r2["complete"] and r2["iterations"] == 6
+    for (k, a), (_, b) in zip(full.state_dict().items(), part.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert next(part.parameters()).device.type == "cpu"
