@@ -9,8 +9,6 @@ of ResGuideNet on this machine.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,34 +91,17 @@ def keys(spec: FigureSpec, data_root) -> list[CellKey]:
 
 # ---------------------------------------------------------------- timing for the compute curve
 
-def time_method(method: str, size: int = 256, repeats: int = 5, profile: str = "smoke") -> dict:
-    """Median CPU seconds of one ``size``×``size`` forward pass (after a warm-up), with ``init`` weights."""
-    import torch
-
-    from models import registry
-
-    net, _ = registry.load(method, "init", profile)
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    times = []
-    with torch.inference_mode():
-        net(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            net(x)
-            times.append(time.perf_counter() - t0)
-    return {"method": method, "size": size, "repeats": repeats, "median_s": statistics.median(times),
-            "threads": torch.get_num_threads(), "params": registry.count_parameters(net)["trainable"]}
-
-
 def timings(spec: FigureSpec, store_root: Path, force: bool = False) -> dict[str, dict]:
-    """Per-method timing records, stored beside the cells and reused unless ``force``."""
+    """Per-method CPU timing records (256×256, bare weights), stored beside the cells and reused unless ``force``."""
+    from benchmark.runtime import measure
+
     out = {}
     for m in dict.fromkeys(m for s in spec.series for m in s.methods):
         path = Path(store_root) / f"runtime__{m}.json"
         if path.exists() and not force:
             out[m] = json.loads(path.read_text())
             continue
-        out[m] = time_method(m)
+        out[m] = measure(m, size=256, repeats=5)
         atomic_write_text(path, json.dumps(out[m], indent=1) + "\n")
     return out
 

@@ -57,7 +57,7 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
 
     profile = get_profile(profile_name)
     data_root = data_root_from(data_root_arg)
-    specs = [get_table(t) for t in table_ids]
+    specs = [get_table(t) for t in table_ids if t != "table4"]  # Table 4 times methods; it has no cells
     figs = [figures.get_figure(f) for f in figure_ids]
     registered = set(registry.names())
     wanted = [k for spec in specs for k in spec.keys()] + [k for f in figs for k in figures.keys(f, data_root)]
@@ -83,6 +83,12 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
         params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
         for p in write_table(spec, cells, registered, tdir, params):
             print(f"wrote {p}")
+    if "table4" in table_ids:
+        from benchmark import table4
+        cpu = table4.cpu_records(store.root, profile.runtime_size, profile.runtime_repeats, registered, force)
+        for p in table4.write(tdir, cpu, table4.gpu_records(size=profile.runtime_size), registered,
+                              profile.runtime_size):
+            print(f"wrote {p}")
     for fig in figs:
         runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
         print(f"wrote {figures.draw(fig, cells, data_root, output_dir(results, 'figures', profile.name), runtimes)}")
@@ -100,6 +106,7 @@ def cmd_list() -> int:
     print("tables:")
     for t in TABLES.values():
         print(f"  {t.id}: {t.title}")
+    print("  table4: running time per image (Table 4), CPU measured here, GPU from results/runtime/")
     from benchmark.figures import FIGURES
     print("figures:")
     for f in FIGURES.values():
@@ -202,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     batch(p)
     p = sub.add_parser("table", help="compute one table")
-    p.add_argument("table_id", metavar="ID", help=", ".join(TABLES))
+    p.add_argument("table_id", metavar="ID", help=", ".join([*TABLES, "table4"]))
     common(p)
     batch(p)
     p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
@@ -250,7 +257,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "all":
             from benchmark.figures import FIGURES
-            return run_tables(list(TABLES), args.profile, args.data_root, args.force, args.dry_run,
+            return run_tables([*TABLES, "table4"], args.profile, args.data_root, args.force, args.dry_run,
                               args.results, args.progress, figure_ids=list(FIGURES), train_missing=args.train_missing)
         if args.command == "figure":
             return run_tables([], args.profile, args.data_root, args.force, args.dry_run, args.results,
