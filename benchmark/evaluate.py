@@ -1,6 +1,7 @@
 """Run a derainer over a paired dataset and measure it under the MATLAB protocol."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -22,22 +23,33 @@ def to_image(t: torch.Tensor) -> np.ndarray:
     return t.detach().squeeze(0).permute(1, 2, 0).double().cpu().numpy()
 
 
-def run_model(net: torch.nn.Module, rainy: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        out = net(to_tensor(rainy))
+def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", channels_last: bool = False) -> np.ndarray:
+    """``net`` on one uint8 image; ``dtype="bfloat16"`` runs under CPU autocast (a fast path whose
+    effect on the metrics is measured, not assumed), ``channels_last`` the NHWC memory format."""
+    x = to_tensor(rainy)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        out = net(x).float()
     if out.shape[-2:] != rainy.shape[:2]:
         raise ValueError(f"model output {tuple(out.shape)} does not match input {rainy.shape}")
     return to_image(out)
 
 
-def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | None = None) -> dict:
+def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | None = None,
+             dtype: str = "float32", channels_last: bool = False) -> dict:
     """Mean and per-image metrics of ``net`` on ``dataset``; ``seconds`` is the wall time."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     per_image = []
     start = time.perf_counter()
     it = tqdm(dataset, total=len(dataset), desc=desc or getattr(dataset, "name", "images"),
               disable=not progress, unit="img", leave=False)
     for name, rainy, clean in it:
-        values = image_metrics(run_model(net, rainy), clean)
+        values = image_metrics(run_model(net, rainy, dtype, channels_last), clean)
         if getattr(net, "last_exit", None) is not None:  # blocks a detachable model ran for this image
             values["blocks"] = float(net.last_exit)
         per_image.append({"image": name, **values})

@@ -8,6 +8,7 @@
     params  METHOD                                                 parameter counts
     train   METHOD [--rain light|heavy] [--profile P] [--data-root DIR] [--ship]
             [--device cuda] [--workers N] [--max-seconds S]      (exit 3: stopped at the limit, rerun resumes)
+    render  [--profile P] [--check]                                tables + report from stored cells
     runtime METHOD [--size 500] [--device cpu|cuda] [--dtype float32|bfloat16] [--batch N] [--repeats N]
     check   [--data-root DIR] [--reference FILE] [--update]        regression gate
 """
@@ -46,6 +47,65 @@ def parameter_counts(methods) -> dict:
     return out
 
 
+def report_path(results: Path, profile: str) -> Path:
+    return results / ("REPORT.md" if profile == DEFAULT_PROFILE else f"REPORT-{profile}.md")
+
+
+def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path, profile, data_root,
+                   registered: set[str], force: bool = False, measure: bool = True, report_figures=None) -> None:
+    """Tables, figures and (with ``report_figures``, the figure ids it shows) the report, from the
+    stored cells; ``measure=False`` times nothing either."""
+    from benchmark import figures, table4
+    from benchmark.report import write_report
+
+    cells = store.all()
+    tdir = output_dir(results, "tables", profile.name)
+    fdir = output_dir(results, "figures", profile.name)
+    for spec in specs:
+        params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
+        for p in write_table(spec, cells, registered, tdir, params):
+            print(f"wrote {p}")
+    if table4_wanted:
+        cpu = table4.cpu_records(store.root, profile.runtime_size, profile.runtime_repeats, registered, force,
+                                 measure_missing=measure)
+        for p in table4.write(tdir, cpu, table4.gpu_records(size=profile.runtime_size), registered,
+                              profile.runtime_size):
+            print(f"wrote {p}")
+    for fig in figs:
+        runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
+        print(f"wrote {figures.draw(fig, cells, data_root, fdir, runtimes)}")
+    if report_figures is not None:
+        ids = [s.id for s in specs] + (["table4"] if table4_wanted else [])
+        path = write_report(report_path(results, profile.name), profile.name, tdir, fdir, ids, report_figures)
+        print(f"wrote {path}")
+
+
+def cmd_render(profile_name: str, results: Path, check: bool) -> int:
+    """Re-render every table and the report from the stored cells and timing records, computing
+    nothing; with ``check``, exit 1 if any of those files changed (the committed ones are stale)."""
+    from benchmark.figures import FIGURES
+    from models import registry
+
+    profile = get_profile(profile_name)
+    tdir = output_dir(results, "tables", profile.name)
+
+    def watched() -> list[Path]:
+        return sorted([*tdir.glob("*.md"), *tdir.glob("*.csv"), *tdir.glob("*.tex"), report_path(results, profile.name)])
+
+    before = {p: p.read_bytes() for p in watched() if p.exists()}
+    render_outputs([get_table(t) for t in TABLES], True, [], Store(cells_dir(results, profile.name)), results,
+                   profile, None, set(registry.names()), measure=False, report_figures=list(FIGURES))
+    changed = [p for p in watched() if p.exists() and before.get(p) != p.read_bytes()]
+    for p in changed:
+        print(f"{'stale' if check else 'updated'}: {p}")
+    if check and changed:
+        print(f"error: {len(changed)} rendered file(s) differ from what the stored cells give; run "
+              f"`python -m benchmark.run render --profile {profile.name}` and commit them", file=sys.stderr)
+        return 1
+    print(f"{len(watched())} files checked, {len(changed)} changed")
+    return 0
+
+
 def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
                results: Path = RESULTS, progress: bool = True, figure_ids=(), train_missing: bool = False) -> int:
     """Compute the cells of the given tables and figures (each shared cell once), then render them."""
@@ -77,21 +137,9 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
     with training_allowed(train_missing):  # weights that were never trained are skipped unless asked
         for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
             run_cell(key, ctx)
-    cells = store.all()
-    tdir = output_dir(results, "tables", profile.name)
-    for spec in specs:
-        params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
-        for p in write_table(spec, cells, registered, tdir, params):
-            print(f"wrote {p}")
-    if "table4" in table_ids:
-        from benchmark import table4
-        cpu = table4.cpu_records(store.root, profile.runtime_size, profile.runtime_repeats, registered, force)
-        for p in table4.write(tdir, cpu, table4.gpu_records(size=profile.runtime_size), registered,
-                              profile.runtime_size):
-            print(f"wrote {p}")
-    for fig in figs:
-        runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
-        print(f"wrote {figures.draw(fig, cells, data_root, output_dir(results, 'figures', profile.name), runtimes)}")
+    whole_job = bool(figs) and "table4" in table_ids and len(specs) == len(TABLES)
+    render_outputs(specs, "table4" in table_ids, figs, store, results, profile, data_root, registered, force,
+                   report_figures=[f.id for f in figs] if whole_job else None)
     s = ctx.stats
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
           f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
@@ -126,7 +174,8 @@ def cmd_list() -> int:
     return 0
 
 
-def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True) -> int:
+def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
+              dtype: str = "float32", channels_last: bool = False) -> int:
     from benchmark.evaluate import evaluate
     from datasets.catalog import data_root_from, open_dataset
     from models import registry
@@ -136,12 +185,13 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
     ds = open_dataset(dataset, data_root, size=profile.embedded_size, seed=profile.seed, limit=limit)
     net, winfo = registry.load(method, weights, profile.name, data_root)
     t0 = time.perf_counter()
-    res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}")
+    res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}", dtype=dtype, channels_last=channels_last)
     desc = ds.describe()
     line = {"method": method, "dataset": ds.name, "n_images": res["n_images"], **res["metrics"],
             "weights": winfo, "seconds": round(time.perf_counter() - t0, 3),
             "dataset_version": desc.get("version"), "dataset_known": desc.get("known"),
-            "dataset_fingerprint": desc.get("fingerprint"), "profile": profile.name}
+            "dataset_fingerprint": desc.get("fingerprint"), "profile": profile.name,
+            "dtype": dtype, "channels_last": channels_last}
     print(json.dumps(line))
     return 0
 
@@ -223,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--weights", default=None, help="weights tag or checkpoint path")
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bfloat16 runs under CPU autocast (a fast path; the cells use float32)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (a fast path)")
     p = sub.add_parser("params", help="parameter counts of a method (JSON)")
     p.add_argument("method")
     p = sub.add_parser("train", help="train a method the suite trains (resumes); --ship to results/weights")
@@ -234,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="processes making the batches ahead (same batches)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop after this much wall time with a checkpoint; the same command resumes (exit 3)")
+    p = sub.add_parser("render", help="re-render tables and the report from stored cells (computes nothing)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=list(PROFILES))
+    p.add_argument("--check", action="store_true", help="exit 1 if the committed files differ from the cells")
+    p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
     p = sub.add_parser("runtime", help="running time of one method (JSON line)")
     p.add_argument("method")
     p.add_argument("--size", type=int, default=500, help="image side in pixels (default 500, as Table 4)")
@@ -269,12 +326,14 @@ def main(argv=None) -> int:
             return cmd_list()
         if args.command == "score":
             return cmd_score(args.method, args.dataset, args.data_root, args.weights, args.limit, args.profile,
-                             args.progress)
+                             args.progress, args.dtype, args.channels_last)
         if args.command == "params":
             return cmd_params(args.method)
         if args.command == "train":
             return cmd_train(args.method, args.rain, args.profile, args.data_root, args.ship, args.progress,
                              args.device, args.workers, args.max_seconds)
+        if args.command == "render":
+            return cmd_render(args.profile, args.results, args.check)
         if args.command == "runtime":
             from benchmark.runtime import measure
             print(json.dumps(measure(args.method, args.size, args.device, args.dtype, args.batch, args.repeats,

@@ -56,6 +56,17 @@ def test_all_writes_tables(tmp_path, monkeypatch):
         assert (tmp_path / "tables" / "smoke" / f"table2.{ext}").exists()
     md = (tmp_path / "tables" / "smoke" / "table2.md").read_text()
     assert "embedded-light (ours)" in md and "26.90/0.838" in md  # the paper's number shown beside ours
+    report = (tmp_path / "REPORT-smoke.md").read_text()
+    assert "#### Table 2" in report and "](figures/smoke/fig6.png)" in report and "Table 4" in report
+    assert "CPU fp32" in (tmp_path / "tables" / "smoke" / "table4.md").read_text()
+
+    # re-rendering from the stored cells reproduces the files; a stale table fails the check
+    render = ["render", "--profile", "smoke", "--results", str(tmp_path), "--check"]
+    assert main(render) == 0
+    table1 = tmp_path / "tables" / "smoke" / "table1.md"
+    table1.write_text(table1.read_text().replace("|", "¦", 3))
+    assert main(render) == 1
+    assert main(render[:-1]) == 0 and main(render) == 0  # rendering without --check repairs it
 
 
 @pytest.mark.realdata
