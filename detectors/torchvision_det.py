@@ -1,0 +1,226 @@
+"""The default detection back end: torchvision's Faster R-CNN, built without any download.
+
+:func:`build_detector` builds one of :data:`DETECTORS` with ``weights=None,
+weights_backbone=None`` (random initialisation: the builders' default
+``weights_backbone`` would fetch ImageNet weights, so ``None`` is always passed
+explicitly) and wraps it in a :class:`Detector`.  Class 0 is the background and
+class 1 is ``Car`` (``num_classes=2``).  Trained weights come only from a local
+``checkpoint`` file.
+
+The :class:`Detector` follows torchvision's detection contract:
+``detector(images)`` takes a list of 3xHxW float tensors in [0, 1] (sizes may
+differ) and returns, per image, ``{"boxes": Nx4 (x1, y1, x2, y2) in input
+pixels, "labels": N int64, "scores": N}``, in eval mode, without gradients, on
+the CPU.  :func:`to_objects` turns one such output into
+:class:`detectors.kitti.Object` detections (``type="Car"``, score set) that
+:func:`detectors.kitti_eval.kitti_car_ap` and :func:`detectors.coco_eval.coco_car_ap`
+take directly.
+
+``min_size`` / ``max_size`` are the resize limits of torchvision's
+``GeneralizedRCNNTransform``: an image is scaled so that its short side is
+``min_size`` unless its long side would then exceed ``max_size``.  The defaults
+(192 / 576) keep the embedded road scenes (:mod:`datasets.roads`, 192x576) at
+their native size; KITTI frames (375x1242) would be shrunk to 174x576, so pass
+larger limits for real KITTI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from detectors.kitti import Object
+from models.registry import first_mismatch
+
+__all__ = ["DETECTORS", "DEFAULT_DETECTOR", "CLASS_NAMES", "LIGHT_DEFAULTS", "Detector", "build_detector", "load_checkpoint", "to_objects"]
+
+DEFAULT_DETECTOR = "fasterrcnn_mobilenet_v3_large_fpn"
+DETECTORS = ("fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn")
+#: label index -> KITTI type for the default two-class model
+CLASS_NAMES = ("__background__", "Car")
+#: FasterRCNN options changed from torchvision's defaults (override any through kwargs).
+#: Scenes hold a handful of cars, so far fewer proposals and sampled RoIs do: the RoI
+#: head's 12.8M-weight fc6 on 512 RoIs per image dominated a CPU training step (about
+#: 3x slower at batch 4, 192x576); box_score_thresh is lowered so AP sees the low tail.
+LIGHT_DEFAULTS = {
+    "box_score_thresh": 0.01,
+    "box_batch_size_per_image": 128,
+    "rpn_pre_nms_top_n_train": 1000,
+    "rpn_post_nms_top_n_train": 500,
+    "rpn_pre_nms_top_n_test": 500,
+    "rpn_post_nms_top_n_test": 300,
+}
+
+
+def _builder(name: str):
+    from torchvision.models import detection
+
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return getattr(detection, name)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
+    """Load a local checkpoint into ``model`` strictly; return its metadata (may be empty).
+
+    Accepted files: ``{"state_dict": ..., "meta": ...}`` (weights files),
+    ``{"model": ..., "optimizer": ...}`` (training checkpoints of
+    :func:`detectors.train_det.train_detector`) or a bare state dict (e.g. a
+    torchvision ``.pth``).  A missing or unreadable file, or weights that do not
+    fit the model, raise ValueError naming the file (and the first mismatching
+    tensor, e.g. ``roi_heads.box_predictor.cls_score.weight: checkpoint (91, 1024)
+    vs model (2, 1024)``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"detector checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise ValueError(f"{path}: cannot read detector checkpoint ({type(exc).__name__}: {exc})") from exc
+    meta: dict = {}
+    if isinstance(obj, dict) and "state_dict" in obj:
+        state, meta = obj["state_dict"], dict(obj.get("meta") or {})
+    elif isinstance(obj, dict) and "model" in obj and "optimizer" in obj:
+        state = obj["model"]
+        meta = {"config": obj.get("config"), "iteration": obj.get("iteration")}
+    else:
+        state = obj
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: no state dict of tensors in the file")
+    problem = first_mismatch(state, model.state_dict())
+    if problem is not None:
+        raise ValueError(f"{path}: checkpoint does not match the detector: {problem}")
+    model.load_state_dict(state, strict=True)
+    return meta
+
+
+class Detector:
+    """A torchvision detection model behind the contract of the module docstring.
+
+    ``model`` is the underlying ``torchvision`` module (train it directly, e.g.
+    with :func:`detectors.train_det.train_detector`); ``device`` is where
+    inference runs (outputs always come back on the CPU).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str = DEFAULT_DETECTOR,
+        class_names: Sequence[str] = CLASS_NAMES,
+        device: str | torch.device = "cpu",
+        meta: dict | None = None,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.class_names = tuple(class_names)
+        self.device = torch.device(device)
+        self.meta = dict(meta or {})
+
+    def __call__(self, images: Sequence[torch.Tensor], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+        images = list(images)
+        for k, img in enumerate(images):
+            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3:
+                shape = tuple(img.shape) if hasattr(img, "shape") else type(img).__name__
+                raise ValueError(f"image {k}: expected a 3xHxW float tensor in [0, 1], got {shape}")
+            if not img.is_floating_point():
+                raise ValueError(f"image {k}: expected a float tensor in [0, 1], got dtype {img.dtype}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        was_training = self.model.training
+        self.model.to(self.device).eval()
+        out: list[dict[str, torch.Tensor]] = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(images), batch_size):
+                    chunk = [im.to(self.device) for im in images[start : start + batch_size]]
+                    for det in self.model(chunk):
+                        out.append({k: v.detach().cpu() for k, v in det.items()})
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def to_objects(self, output: dict[str, torch.Tensor], score_min: float = 0.0) -> list[Object]:
+        return to_objects(output, score_min, self.class_names)
+
+    def detect_objects(self, images: Sequence[torch.Tensor], score_min: float = 0.0) -> list[list[Object]]:
+        """``[to_objects(o) for o in self(images)]``: detections ready for the evaluators."""
+        return [self.to_objects(o, score_min) for o in self(images)]
+
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        """Atomically write ``{"state_dict", "meta"}`` (loadable with ``checkpoint=path``)."""
+        from models.train import save_weights
+
+        save_weights(self.model, Path(path), {"detector": self.name, **self.meta, **(meta or {})})
+
+    def __repr__(self) -> str:
+        return f"Detector({self.name!r}, classes={self.class_names}, device={str(self.device)!r})"
+
+
+def to_objects(
+    output: dict[str, torch.Tensor], score_min: float = 0.0, class_names: Sequence[str] = CLASS_NAMES
+) -> list[Object]:
+    """One image's detector output -> ``Object`` detections with ``score >= score_min``.
+
+    Label ``k`` becomes ``class_names[k]`` (``"Car"`` for 1); background and
+    unknown labels are dropped.  Truncation / occlusion are unknown for a
+    detection and set to 0.  Sorted by decreasing score.
+    """
+    boxes = output["boxes"].detach().cpu().double().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    scores = output["scores"].detach().cpu().double().tolist()
+    objects = []
+    for box, label, score in sorted(zip(boxes, labels, scores), key=lambda t: -t[2]):
+        if score < score_min or not 0 < label < len(class_names):
+            continue
+        objects.append(Object(type=class_names[label], truncated=0.0, occluded=0, bbox=tuple(box), score=float(score)))
+    return objects
+
+
+def build_detector(
+    name: str = DEFAULT_DETECTOR,
+    num_classes: int = 2,
+    checkpoint: str | Path | None = None,
+    min_size: int = 192,
+    max_size: int = 576,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> Detector:
+    """Build ``name`` (one of :data:`DETECTORS`) from scratch, or from a local ``checkpoint``.
+
+    Never downloads: ``weights=None, weights_backbone=None`` always (so every
+    backbone layer is trainable and uses ordinary BatchNorm, torchvision's choice
+    for an untrained backbone).  ``kwargs`` go to torchvision's ``FasterRCNN``
+    (e.g. ``box_score_thresh``, ``box_detections_per_img``) over
+    :data:`LIGHT_DEFAULTS` (fewer proposals / RoIs, score threshold 0.01).
+    Draws from torch's global RNG for the initial weights: seed it first for a
+    reproducible model.
+    """
+    builder = _builder(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2 (background + Car), got {num_classes!r}")
+    if min_size < 1 or max_size < min_size:
+        raise ValueError(f"need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
+    for banned in ("weights", "weights_backbone", "pretrained", "pretrained_backbone"):
+        if kwargs.get(banned) not in (None, False):
+            raise ValueError(f"{banned} would download weights; pass a local checkpoint= file instead")
+        kwargs.pop(banned, None)
+    options = dict(LIGHT_DEFAULTS)
+    options.update(kwargs)
+    model = builder(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        **options,
+    )
+    meta: dict = {}
+    if checkpoint is not None:
+        meta = load_checkpoint(model, checkpoint)
+    names = CLASS_NAMES + tuple(f"class{k}" for k in range(len(CLASS_NAMES), num_classes))
+    model.eval()
+    return Detector(model, name=name, class_names=names[:num_classes], device=device, meta=meta)
