@@ -23,7 +23,7 @@ def to_image(t: torch.Tensor) -> np.ndarray:
     return t.detach().squeeze(0).permute(1, 2, 0).double().cpu().numpy()
 
 
-def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", channels_last: bool = False) -> np.ndarray:
+def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", channels_last: bool = True) -> np.ndarray:
     """``net`` on one uint8 image; ``dtype="bfloat16"`` runs under CPU autocast (a fast path whose
     effect on the metrics is measured, not assumed), ``channels_last`` the NHWC memory format."""
     x = to_tensor(rainy)
@@ -38,8 +38,14 @@ def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", c
 
 
 def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | None = None,
-             dtype: str = "float32", channels_last: bool = False) -> dict:
-    """Mean and per-image metrics of ``net`` on ``dataset``; ``seconds`` is the wall time."""
+             dtype: str = "float32", channels_last: bool = True) -> dict:
+    """Mean and per-image metrics of ``net`` on ``dataset``; ``seconds`` is the wall time.
+
+    The default path is float32 in the channels-last memory format under ``inference_mode``:
+    on Rain100L it changed ResGuideNet's mean PSNR by 5e-7 dB against the contiguous format
+    and ran 1.7-2.2x faster on the CPU. bfloat16 autocast is faster still but moved the mean
+    PSNR by 0.02-0.04 dB, so it is opt-in (``score --dtype bfloat16``), never used for cells.
+    """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     if channels_last:

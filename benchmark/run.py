@@ -175,7 +175,7 @@ def cmd_list() -> int:
 
 
 def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
-              dtype: str = "float32", channels_last: bool = False) -> int:
+              dtype: str = "float32", channels_last: bool = True) -> int:
     from benchmark.evaluate import evaluate
     from datasets.catalog import data_root_from, open_dataset
     from models import registry
@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N pairs only")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="bfloat16 runs under CPU autocast (a fast path; the cells use float32)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (a fast path)")
+    p.add_argument("--contiguous", dest="channels_last", action="store_false",
+                   help="NCHW memory format instead of the default channels-last (same numbers, slower)")
     p = sub.add_parser("params", help="parameter counts of a method (JSON)")
     p.add_argument("method")
     p = sub.add_parser("train", help="train a method the suite trains (resumes); --ship to results/weights")
