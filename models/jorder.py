@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.caffe import as_list, read_caffemodel, read_prototxt
-from models.registry import file_identity, first_mismatch, official_weights, register
+from models.registry import WeightsUnavailable, file_identity, first_mismatch, official_weights, register
 
 FEATURES = 64
 UNITS = 5            # residual units: Convolution2..Convolution11
@@ -285,17 +285,18 @@ def build_jorder(weights, profile, data_root):
     net = JORDER()
     if weights == "init":
         return net, {"tag": "init"}
-    if weights is None or weights == "official":
-        path = official_weights("jorder", data_root)
-    else:
-        path = Path(weights)
+    if weights is None:
+        raise WeightsUnavailable("jorder: the suite does not train JORDER yet; pass --weights official (the "
+                                 "authors' light-rain caffemodel under the data root) or --weights PATH")
+    tag = "official" if weights == "official" else "path"
+    path = official_weights("jorder", data_root) if weights == "official" else Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"jorder weights {str(weights)!r}: no such file")
     proto = path.with_name(PROTOTXT)
     if proto.is_file():  # the authors' deploy file beside the weights: it must describe our graph
         check_prototxt(proto)
     info = load_caffe(net, path)
-    return net, {"tag": "official", **info}
+    return net, {"tag": tag, **info}
 
 
 __all__ = ["JORDER", "load_caffe", "caffe_state", "check_prototxt", "expected_layers", "build_jorder",

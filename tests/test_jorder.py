@@ -277,7 +277,7 @@ def test_caffemodel_round_trip(tmp_path, one_thread):
     path = tmp_path / "w.caffemodel"
     path.write_bytes(_caffemodel_of(state))
     net, info = build_jorder(str(path), "smoke", None)
-    assert info["tag"] == "official" and info["bytes"] == path.stat().st_size and len(info["sha256"]) == 64
+    assert info["tag"] == "path" and info["bytes"] == path.stat().st_size and len(info["sha256"]) == 64
     for k, v in net.state_dict().items():
         assert np.array_equal(v.numpy(), state[k]), k
 
@@ -381,3 +381,10 @@ def test_authors_weights_on_rain100l_first_images(data_root, one_thread):
     assert res["n_images"] == 5
     assert res["metrics"]["psnr_y"] > 35.0 and res["metrics"]["psnr_y"] > rainy + 6.0
     assert res["metrics"]["ssim_y"] > 0.96
+
+
+def test_default_weights_are_not_trained_here():
+    from models.registry import WeightsUnavailable
+
+    with pytest.raises(WeightsUnavailable, match="--weights official"):
+        build_jorder(None, "smoke", None)
