@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detectors.kitti import Object
-from models.train import TrainingDiverged, _atomic_save, _last_good, _load, _load_state_strict, _logger
+from models.train import TrainingDiverged, _atomic_save, _last_good, _logger, restore_checkpoint
 
 __all__ = ["DetTrainConfig", "TrainingDiverged", "prepare_samples", "batch_plan", "train_detector", "DEFAULT_LR"]
 
@@ -256,25 +256,7 @@ def train_detector(
     final_loss: float | None = None
     final_losses: dict[str, float] = {}
     if ckpt_path.exists():
-        ckpt = _load(ckpt_path)
-        if not isinstance(ckpt, dict) or not {"model", "optimizer", "iteration"} <= set(ckpt):
-            raise ValueError(f"{ckpt_path}: not a detector training checkpoint")
-        saved = ckpt.get("config") or {}
-        now = asdict(cfg)
-        changed = sorted(
-            k for k, v in now.items()
-            if k not in _RESUMABLE_CHANGES and k in saved and (tuple(saved[k]) if isinstance(saved[k], list) else saved[k]) != v
-        )
-        if changed:
-            detail = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {now[k]!r}" for k in changed)
-            raise ValueError(f"{ckpt_path}: checkpoint was trained with a different configuration ({detail})")
-        _load_state_strict(model, ckpt["model"], ckpt_path)
-        try:
-            opt.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"{ckpt_path}: optimizer state does not match the model: {exc}") from exc
-        if "rng_state" in ckpt:
-            torch.set_rng_state(ckpt["rng_state"])
+        ckpt = restore_checkpoint(ckpt_path, asdict(cfg), model, opt, _RESUMABLE_CHANGES)
         iteration = int(ckpt["iteration"])
         seconds = float(ckpt.get("seconds", 0.0))
         history = [(int(i), float(v)) for i, v in ckpt.get("loss_history", [])]

@@ -393,24 +393,7 @@ def train(
     history: list[tuple[int, float]] = []
     final_loss: float | None = None
     if ckpt_path.exists():
-        ckpt = _load(ckpt_path)
-        if not isinstance(ckpt, dict) or not {"model", "optimizer", "iteration"} <= set(ckpt):
-            raise ValueError(f"{ckpt_path}: not a training checkpoint")
-        saved_cfg = ckpt.get("config") or {}
-        changed = sorted(
-            k for k, v in asdict(cfg).items()
-            if k not in _RESUMABLE_CHANGES and k in saved_cfg and saved_cfg[k] != v
-        )
-        if changed:
-            detail = ", ".join(f"{k}: checkpoint {saved_cfg[k]!r} vs now {getattr(cfg, k)!r}" for k in changed)
-            raise ValueError(f"{ckpt_path}: checkpoint was trained with a different configuration ({detail})")
-        _load_state_strict(net, ckpt["model"], ckpt_path)
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"{ckpt_path}: optimizer state does not match the model: {exc}") from exc
-        if "rng_state" in ckpt:
-            torch.set_rng_state(ckpt["rng_state"])
+        ckpt = restore_checkpoint(ckpt_path, asdict(cfg), net, optimizer, _RESUMABLE_CHANGES)
         iteration = int(ckpt["iteration"])
         seconds = float(ckpt.get("seconds", 0.0))
         history = [(int(i), float(v)) for i, v in ckpt.get("loss_history", [])]
@@ -496,6 +479,30 @@ def train(
         f"({result['patches_per_s']:.1f} patches/s), final loss {final_loss:.4f}"
     )
     return result
+
+
+def restore_checkpoint(path: Path, config: dict, model: torch.nn.Module, optimizer, resumable=()) -> dict:
+    """Load a training checkpoint into ``model`` and ``optimizer`` (and the torch RNG) and return it.
+
+    Refuses a file that is not a checkpoint, or one trained with a ``config`` that differs in a
+    key other than the ``resumable`` ones (lists and tuples compare equal)."""
+    ckpt = _load(path)
+    if not isinstance(ckpt, dict) or not {"model", "optimizer", "iteration"} <= set(ckpt):
+        raise ValueError(f"{path}: not a training checkpoint")
+    saved = ckpt.get("config") or {}
+    norm = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+    changed = sorted(k for k, v in config.items() if k not in resumable and k in saved and norm(saved[k]) != norm(v))
+    if changed:
+        detail = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {config[k]!r}" for k in changed)
+        raise ValueError(f"{path}: checkpoint was trained with a different configuration ({detail})")
+    _load_state_strict(model, ckpt["model"], path)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: optimizer state does not match the model: {exc}") from exc
+    if "rng_state" in ckpt:
+        torch.set_rng_state(ckpt["rng_state"])
+    return ckpt
 
 
 def _last_good(path: Path, iteration: int | None) -> str:

@@ -32,3 +32,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def kitti_root(data_root):
+    """RESGUIDE_DATA/KITTI/training (50 frames, 147 cars); skips when absent."""
+    root = data_root / "KITTI" / "training"
+    if not (root / "label_2").is_dir():
+        pytest.skip(f"no KITTI training folder under {data_root}")
+    return root

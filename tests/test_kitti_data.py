@@ -92,15 +92,6 @@ def test_dataset_missing_label_is_named(tmp_path):
         KittiDetection(root)
 
 
-@pytest.fixture
-def kitti_root(data_root):
-    """RESGUIDE_DATA/KITTI/training (50 frames, 147 cars); skips when absent."""
-    root = data_root / "KITTI" / "training"
-    if not (root / "label_2").is_dir():
-        pytest.skip(f"no KITTI training folder under {data_root}")
-    return root
-
-
 @pytest.mark.realdata
 def test_real_data_counts(kitti_root):
     ds = KittiDetection(kitti_root)

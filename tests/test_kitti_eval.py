@@ -369,15 +369,6 @@ def test_paired_bootstrap():
 # ---------------------------------------------------------------- real data
 
 
-@pytest.fixture
-def kitti_root(data_root):
-    """RESGUIDE_DATA/KITTI/training (50 frames, 147 cars); skips when absent."""
-    root = data_root / "KITTI" / "training"
-    if not (root / "label_2").is_dir():
-        pytest.skip(f"no KITTI training folder under {data_root}")
-    return root
-
-
 @pytest.mark.realdata
 def test_real_data_ground_truth_as_detections(kitti_root):
     from detectors.kitti import KittiDetection
