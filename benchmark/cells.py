@@ -177,6 +177,10 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
                     traceback=traceback.format_exc(limit=8))
         ctx.stats["failed"] += 1
         print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
+    if cell["status"] == "skipped":
+        old = ctx.store.load(key)
+        if old and old.get("status") == "skipped" and old.get("skip_reason") == cell["skip_reason"]:
+            return old  # skipped for the same reason as before: leave the stored file untouched
     cell.update(code_version=code_version(), created=_now())
     ctx.store.save(cell)
     return cell
