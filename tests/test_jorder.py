@@ -348,7 +348,7 @@ def _run_prototxt(proto: dict, blobs: dict, x: torch.Tensor) -> torch.Tensor:
 
 def test_authors_weights_fit_and_match_the_prototxt(data_root):
     path = _official(data_root)
-    net, info = build_jorder(None, "smoke", data_root)  # None = the official weights under the data root
+    net, info = build_jorder("official", "smoke", data_root)  # the official weights under the data root
     assert info["tag"] == "official" and info["bytes"] == path.stat().st_size
     blobs = read_caffemodel(path)
     assert sorted(blobs) == sorted(f"Convolution{k}" for k in range(1, 13))
