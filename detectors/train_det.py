@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detectors.kitti import Object
-from models.train import TrainingDiverged, _atomic_save, _last_good, _logger, restore_checkpoint
+from models.train import TrainingDiverged, _last_good, _logger, restore_checkpoint, write_checkpoint
 
 __all__ = ["DetTrainConfig", "TrainingDiverged", "prepare_samples", "batch_plan", "train_detector", "DEFAULT_LR"]
 
@@ -271,27 +271,10 @@ def train_detector(
 
     def checkpoint() -> None:
         nonlocal saved_iteration, saved_seconds
-        for pname, p in model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(
-                    f"training diverged before iteration {iteration} was saved: parameter {pname} "
-                    f"holds NaN/Inf; {_last_good(ckpt_path, saved_iteration)}"
-                )
         saved_seconds = seconds + (time.perf_counter() - t0)
-        _atomic_save(
-            {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "iteration": iteration,
-                "seconds": saved_seconds,
-                "config": asdict(cfg),
-                "loss_history": list(history),
-                "final_loss": final_loss,
-                "final_losses": dict(final_losses),
-                "rng_state": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
+        write_checkpoint(ckpt_path, model, opt, saved_iteration, {
+            "iteration": iteration, "seconds": saved_seconds, "config": asdict(cfg), "loss_history": list(history),
+            "final_loss": final_loss, "final_losses": dict(final_losses)})
         saved_iteration = iteration
 
     model.train()

@@ -408,26 +408,10 @@ def train(
 
     def checkpoint() -> None:
         nonlocal saved_iteration, saved_seconds
-        for name, p in net.named_parameters():
-            if not torch.isfinite(p).all():
-                raise TrainingDiverged(
-                    f"training diverged before iteration {iteration} was saved: parameter {name} "
-                    f"holds NaN/Inf; {_last_good(ckpt_path, saved_iteration)}"
-                )
         saved_seconds = seconds + (time.perf_counter() - t0)
-        _atomic_save(
-            {
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iteration": iteration,
-                "seconds": saved_seconds,
-                "config": asdict(cfg),
-                "loss_history": list(history),
-                "final_loss": final_loss,
-                "rng_state": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
+        write_checkpoint(ckpt_path, net, optimizer, saved_iteration, {
+            "iteration": iteration, "seconds": saved_seconds, "config": asdict(cfg),
+            "loss_history": list(history), "final_loss": final_loss})
         saved_iteration = iteration
 
     net.train()
@@ -503,6 +487,20 @@ def restore_checkpoint(path: Path, config: dict, model: torch.nn.Module, optimiz
     if "rng_state" in ckpt:
         torch.set_rng_state(ckpt["rng_state"])
     return ckpt
+
+
+def write_checkpoint(path: Path, model: torch.nn.Module, optimizer, last_good: int | None, state: dict) -> None:
+    """Atomically save model (CPU copies), optimizer, torch RNG and ``state`` (which holds
+    "iteration"); a NaN/Inf parameter raises TrainingDiverged instead, naming the last good
+    checkpoint (iteration ``last_good``, None if none was written)."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingDiverged(
+                f"training diverged before iteration {state['iteration']} was saved: parameter {name} "
+                f"holds NaN/Inf; {_last_good(path, last_good)}"
+            )
+    _atomic_save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                  "optimizer": optimizer.state_dict(), **state, "rng_state": torch.get_rng_state()}, path)
 
 
 def _last_good(path: Path, iteration: int | None) -> str:
