@@ -4,7 +4,7 @@
     table   ID [same options]                                      one table
     figure  ID [same options]                                      one figure (PNG)
     list                                                           tables, methods, datasets, profiles
-    score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N]
+    score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N] [--dtype D] [--contiguous] [--tile T]
     params  METHOD                                                 parameter counts
     train   METHOD [--rain light|heavy] [--profile P] [--data-root DIR] [--ship]
             [--device cuda] [--workers N] [--max-seconds S]      (exit 3: stopped at the limit, rerun resumes)
@@ -175,7 +175,7 @@ def cmd_list() -> int:
 
 
 def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
-              dtype: str = "float32", channels_last: bool = True) -> int:
+              dtype: str = "float32", channels_last: bool = True, tile: int | None = None, halo: int = 64) -> int:
     from benchmark.evaluate import evaluate
     from datasets.catalog import data_root_from, open_dataset
     from models import registry
@@ -184,6 +184,9 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
     data_root = data_root_from(data_root_arg)
     ds = open_dataset(dataset, data_root, size=profile.embedded_size, seed=profile.seed, limit=limit)
     net, winfo = registry.load(method, weights, profile.name, data_root)
+    if tile:
+        from models.tiling import Tiled
+        net = Tiled(net, tile, halo)
     t0 = time.perf_counter()
     res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}", dtype=dtype, channels_last=channels_last)
     desc = ds.describe()
@@ -191,7 +194,7 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
             "weights": winfo, "seconds": round(time.perf_counter() - t0, 3),
             "dataset_version": desc.get("version"), "dataset_known": desc.get("known"),
             "dataset_fingerprint": desc.get("fingerprint"), "profile": profile.name,
-            "dtype": dtype, "channels_last": channels_last}
+            "dtype": dtype, "channels_last": channels_last, "tile": tile, "halo": halo if tile else None}
     print(json.dumps(line))
     return 0
 
@@ -277,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bfloat16 runs under CPU autocast (a fast path; the cells use float32)")
     p.add_argument("--contiguous", dest="channels_last", action="store_false",
                    help="NCHW memory format instead of the default channels-last (same numbers, slower)")
+    p.add_argument("--tile", type=int, default=None, help="run the model on TILE x TILE blocks (bounded memory)")
+    p.add_argument("--halo", type=int, default=64, help="context pixels around each tile (default 64)")
     p = sub.add_parser("params", help="parameter counts of a method (JSON)")
     p.add_argument("method")
     p = sub.add_parser("train", help="train a method the suite trains (resumes); --ship to results/weights")
@@ -327,7 +332,7 @@ def main(argv=None) -> int:
             return cmd_list()
         if args.command == "score":
             return cmd_score(args.method, args.dataset, args.data_root, args.weights, args.limit, args.profile,
-                             args.progress, args.dtype, args.channels_last)
+                             args.progress, args.dtype, args.channels_last, args.tile, args.halo)
         if args.command == "params":
             return cmd_params(args.method)
         if args.command == "train":
