@@ -10,11 +10,10 @@ from tqdm import tqdm
 
 from benchmark.metrics import image_metrics
 
-METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
-
-
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 -> float32 1x3xHxW in [0, 1]."""
+    """uint8 HxWxC -> float32 1xCxHxW in [0, 1]; a float image (e.g. a noisy one) is taken as is."""
+    if np.asarray(img).dtype != np.uint8:
+        return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
@@ -54,13 +53,14 @@ def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | N
     start = time.perf_counter()
     it = tqdm(dataset, total=len(dataset), desc=desc or getattr(dataset, "name", "images"),
               disable=not progress, unit="img", leave=False)
+    measure = getattr(dataset, "metrics", image_metrics)  # denoising sets measure grey levels, not luma
     for name, rainy, clean in it:
-        values = image_metrics(run_model(net, rainy, dtype, channels_last), clean)
+        values = measure(run_model(net, rainy, dtype, channels_last), clean)
         if getattr(net, "last_exit", None) is not None:  # blocks a detachable model ran for this image
             values["blocks"] = float(net.last_exit)
         per_image.append({"image": name, **values})
     if not per_image:
         raise ValueError(f"dataset {getattr(dataset, 'name', dataset)!r} yielded no images")
-    means = {m: float(np.mean([p[m] for p in per_image])) for m in METRICS + ("blocks",) if m in per_image[0]}
+    means = {m: float(np.mean([p[m] for p in per_image])) for m in per_image[0] if m != "image"}
     return {"metrics": means, "per_image": per_image, "n_images": len(per_image),
             "seconds": time.perf_counter() - start}

@@ -32,6 +32,10 @@ def open_dataset(name: str, data_root: Path | None, size: int, seed: int, limit:
     from datasets.names import canonical_name, resolve_dataset
     from datasets.pairs import DatasetError, FolderPairs
 
+    from datasets.noisy import NoisyImages, is_noisy
+
+    if is_noisy(name):  # a denoising set such as BSD68-s25
+        return NoisyImages(name, data_root, seed=seed, limit=limit)
     rain = EMBEDDED.get(name.lower())
     if rain is not None:
         return EmbeddedPairs(rain=rain, split="test", size=size, seed=seed, limit=limit)

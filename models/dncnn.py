@@ -180,14 +180,32 @@ def load_dncnn_weights(net: DnCNN, path: str | Path) -> str:
     return fmt
 
 
+def _official(tag: str, channels: int, data_root) -> Path:
+    """``official-s25`` -> the authors' grayscale model for sigma 25 under the data root."""
+    sigma = tag.partition("-s")[2]
+    if channels != 1 or not sigma.isdigit():
+        raise ValueError(f"DnCNN weights {tag!r}: official weights are named official-sSIGMA (grayscale DnCNN-S)")
+    if data_root is None:
+        raise WeightsUnavailable(f"dncnn {tag}: official weights are looked up under the data root "
+                                 f"(weights/DnCNN/sigma={sigma}.mat); pass --data-root or set RESGUIDE_DATA")
+    path = Path(data_root) / "weights" / "DnCNN" / f"sigma={int(sigma)}.mat"
+    if not path.is_file():
+        raise WeightsUnavailable(f"dncnn {tag}: no official checkpoint at {path}")
+    return path
+
+
 def _factory(channels: int, example: str):
     def factory(weights, profile, data_root):
         net = DnCNN(channels=channels)
         if weights == "init":
             return net, {"tag": "init"}
         if weights is None:
-            raise WeightsUnavailable(f"this DnCNN needs the authors' weights: pass --weights PATH to {example}; "
-                             "the suite does not train DnCNN yet")
+            raise WeightsUnavailable(f"this DnCNN needs the authors' weights: pass --weights PATH to {example}, "
+                                     "or --weights official-sSIGMA; the suite does not train DnCNN yet")
+        if str(weights).startswith("official"):
+            path = _official(weights, channels, data_root)
+            fmt = load_dncnn_weights(net, path)
+            return net, {"tag": weights, **file_identity(path), "format": fmt}
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"DnCNN weights {weights!r}: no such file")

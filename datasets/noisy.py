@@ -1,0 +1,119 @@
+"""Denoising test sets: clean images plus seeded additive Gaussian noise (Table 5 and DnCNN's BSD68).
+
+A dataset name is ``<SET>-s<SIGMA>``, e.g. ``BSD68-s25`` (SIGMA on the 0-255 scale):
+
+* ``BSD68`` (grayscale) and ``CBSD68`` (colour) are folders under the data root;
+* ``BSDS500-test`` is ``BSDS500/test`` read as grayscale, ``CBSDS500-test`` the same in colour.
+
+The noisy image is ``clean / 255 + sigma / 255 * n`` with ``n`` standard normal, kept in
+float and neither rounded nor clipped, as DnCNN's MATLAB test script does
+(``im2single(label) + sigma/255 * randn``). The noise of an image depends only on (seed,
+sigma, image name), so every run and every method sees the same noisy images. Metrics are
+MATLAB's on the grey levels (or on RGB for colour): PSNR and SSIM of the output rounded to
+uint8 against the clean uint8 image, not on a luma channel.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmark.metrics import psnr, ssim, to_uint8
+
+#: set name -> (folder under the data root, colour?)
+SETS = {"bsd68": ("BSD68", False), "cbsd68": ("CBSD68", True),
+        "bsds500-test": ("BSDS500/test", False), "cbsds500-test": ("BSDS500/test", True)}
+_CANONICAL = {"bsd68": "BSD68", "cbsd68": "CBSD68", "bsds500-test": "BSDS500-test", "cbsds500-test": "CBSDS500-test"}
+_NAME = re.compile(r"^(?P<set>[a-z0-9-]+?)-s(?P<sigma>\d+)$")
+_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def parse_name(name: str) -> tuple[str, int] | None:
+    """``"BSD68-s25"`` -> ``("BSD68", 25)``; None if ``name`` is not a denoising set name."""
+    m = _NAME.match(name.lower())
+    if not m or m["set"] not in SETS:
+        return None
+    return _CANONICAL[m["set"]], int(m["sigma"])
+
+
+def is_noisy(name: str) -> bool:
+    return parse_name(name) is not None
+
+
+def _noise_seed(seed: int, sigma: int, image: str) -> list[int]:
+    digest = hashlib.sha256(image.encode()).digest()
+    return [int(seed), int(sigma), int.from_bytes(digest[:8], "little")]
+
+
+def denoise_metrics(output: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """PSNR and SSIM (MATLAB convention) on grey levels, or averaged over RGB channels."""
+    out8, tgt8 = to_uint8(output), to_uint8(target)
+    if out8.shape != tgt8.shape:
+        raise ValueError(f"output shape {out8.shape} differs from target shape {tgt8.shape}")
+    out, tgt = out8.astype(np.float64), tgt8.astype(np.float64)
+    return {"psnr": psnr(out / 255.0, tgt / 255.0),
+            "ssim": float(np.mean([ssim(out[..., c], tgt[..., c]) for c in range(out.shape[2])]))}
+
+
+class NoisyImages:
+    """Iterates ``(image name, noisy float32 HxWxC, clean uint8 HxWxC)``; C = 1 (grey) or 3."""
+
+    task = "denoise"
+
+    def __init__(self, name: str, data_root: Path | None, seed: int = 0, limit: int | None = None):
+        from datasets.catalog import DatasetMissing
+
+        parsed = parse_name(name)
+        if parsed is None:
+            raise ValueError(f"{name!r} is not a denoising set name (like BSD68-s25)")
+        self.set, self.sigma = parsed
+        if not 0 < self.sigma <= 255:
+            raise ValueError(f"{name}: sigma must be in 1..255, got {self.sigma}")
+        folder, self.colour = SETS[self.set.lower()]
+        if data_root is None:
+            raise DatasetMissing(f"dataset {name} needs the data root ({folder}); pass --data-root or set "
+                                 "RESGUIDE_DATA")
+        self.root = Path(data_root) / folder
+        if not self.root.is_dir():
+            raise DatasetMissing(f"dataset {name}: no folder {self.root}")
+        self.files = sorted(f for f in self.root.iterdir() if f.suffix.lower() in _EXTS and f.is_file())
+        if not self.files:
+            raise ValueError(f"{self.root}: no images")
+        if limit is not None:
+            self.files = self.files[:limit]
+        self.name = f"{self.set}-s{self.sigma}"
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _clean(self, path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as im:
+                img = np.asarray(im.convert("RGB" if self.colour else "L"), dtype=np.uint8)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read image ({exc})") from exc
+        return img if img.ndim == 3 else img[..., None]
+
+    def __iter__(self):
+        for path in self.files:
+            clean = self._clean(path)
+            rng = np.random.default_rng(_noise_seed(self.seed, self.sigma, path.name))
+            noise = rng.standard_normal(clean.shape, dtype=np.float32)
+            noisy = clean.astype(np.float32) / 255.0 + np.float32(self.sigma / 255.0) * noise
+            yield path.stem, noisy, clean
+
+    def metrics(self, output: np.ndarray, target: np.ndarray) -> dict[str, float]:
+        return denoise_metrics(output, target)
+
+    def describe(self) -> dict:
+        h = hashlib.sha256()
+        for f in self.files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        return {"name": self.name, "release": self.set, "version": f"sigma{self.sigma}-seed{self.seed}",
+                "known": False, "fingerprint": h.hexdigest(), "n_images": len(self), "sigma": self.sigma,
+                "colour": self.colour, "noise": "float, unclipped: clean/255 + sigma/255 * N(0,1), seeded per image"}
