@@ -11,6 +11,10 @@
     render  [--profile P] [--check]                                tables + report from stored cells
     runtime METHOD [--size 500] [--device cpu|cuda] [--dtype float32|bfloat16] [--batch N] [--repeats N]
     check   [--data-root DIR] [--reference FILE] [--update]        regression gate
+    detect  DERAINER DATASET [--rain light|heavy|none] [--detector NAME] [--detector-weights PATH]
+            [--data-root DIR] [--profile P]          car AP of a detector after deraining (JSON line)
+    train-detector [--detector NAME] [--profile P] [--max-seconds S]   (exit 3: stopped at the limit)
+    table ap                                       the section 5.2 car AP table (clean / rainy / derained)
 """
 from __future__ import annotations
 
@@ -117,6 +121,9 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
 
     profile = get_profile(profile_name)
     data_root = data_root_from(data_root_arg)
+    ap_wanted = "ap" in table_ids  # the detection study's AP table (detectors.study): its own cells
+    if ap_wanted:
+        table_ids = [t for t in table_ids if t != "ap"]
     specs = [get_table(t) for t in table_ids if t != "table4"]  # Table 4 times methods; it has no cells
     figs = [figures.get_figure(f) for f in figure_ids]
     registered = set(registry.names())
@@ -130,6 +137,9 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
             old = store.load(k)
             state = f"stored ({old.get('status')})" if old else "missing"
             print(f"  {k.id}: {state}")
+        if ap_wanted:
+            from detectors.study import ap_dry_run
+            print("\n".join(ap_dry_run(profile.name, results)))
         return 0
     ctx = Context(profile=profile, data_root=data_root, store=store, force=force, progress=progress)
     from models.provider import training_allowed
@@ -141,6 +151,12 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
     render_outputs(specs, "table4" in table_ids, figs, store, results, profile, data_root, registered, force,
                    report_figures=[f.id for f in figs] if whole_job else None)
     s = ctx.stats
+    if ap_wanted:
+        from detectors.study import ap_table
+        with training_allowed(train_missing):
+            for p in ap_table(profile.name, data_root, results=results, force=force, progress=progress,
+                              train_missing=train_missing, stats=s):
+                print(f"wrote {p}")
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
           f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
     return 1 if s["failed"] else 0
@@ -155,6 +171,7 @@ def cmd_list() -> int:
     for t in TABLES.values():
         print(f"  {t.id}: {t.title}")
     print("  table4: running time per image (Table 4), CPU measured here, GPU from results/runtime/")
+    print("  ap: car AP of a detector on clean / rainy / derained frames (section 5.2; `table ap`)")
     from benchmark.figures import FIGURES
     print("figures:")
     for f in FIGURES.values():
@@ -312,7 +329,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")
     p.add_argument("--update", action="store_true", help="write the current values as the new reference")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p = sub.add_parser("detect", help="car AP of a detector on rainy frames after a derainer (JSON line)")
+    p.add_argument("derainer", help="a registered method, or none / identity (no deraining)")
+    p.add_argument("dataset", help="roads (embedded road scenes), KITTI (under the data root) or a KITTI folder")
+    p.add_argument("--rain", default="light", choices=["none", "light", "heavy"])
+    p.add_argument("--detector", default=None, help="torchvision detector name (default fasterrcnn_mobilenet_v3_large_fpn)")
+    p.add_argument("--detector-weights", default=None, help="local detector checkpoint (else the trained one)")
+    p.add_argument("--weights", default=None, help="derainer weights tag or path (default: matches the rain)")
+    p.add_argument("--force", action="store_true", help="recompute a fresh cell too")
+    common(p)
+    p = sub.add_parser("train-detector", help="train the detection study's detector on the road scenes (resumes)")
+    p.add_argument("--detector", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after this much wall time with a checkpoint; the same command resumes (exit 3)")
+    common(p)
     return ap
+
+
+def cmd_detect(args) -> int:
+    """One detection cell; prints its summary as one JSON line (exit 2 when skipped or failed)."""
+    from datasets.catalog import data_root_from
+    from detectors.study import contract, detect_cell
+
+    get_profile(args.profile)
+    cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
+                       data_root=data_root_from(args.data_root), detector_weights=args.detector_weights,
+                       derainer_weights=args.weights, results=args.results, force=args.force,
+                       progress=args.progress)
+    print(json.dumps(contract(cell)))
+    if cell["status"] != "ok":
+        print(f"error: {cell['status']}: {cell.get('error')}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_train_detector(args) -> int:
+    from datasets.catalog import data_root_from
+    from detectors.study import train_detector_cmd
+
+    get_profile(args.profile)
+    res = train_detector_cmd(args.detector, args.profile, data_root_from(args.data_root), args.max_seconds,
+                             args.progress, args.device)
+    print(json.dumps(res, default=str))
+    return 0 if res["complete"] else 3
 
 
 def main(argv=None) -> int:
@@ -348,6 +408,10 @@ def main(argv=None) -> int:
         if args.command == "check":
             from benchmark.check import run_check
             return run_check(args.data_root, args.reference, args.update, args.progress)
+        if args.command == "detect":
+            return cmd_detect(args)
+        if args.command == "train-detector":
+            return cmd_train_detector(args)
     except (ValueError, LookupError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
