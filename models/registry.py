@@ -162,7 +162,7 @@ def state_identity(net: nn.Module) -> str:
 
 def _import_all() -> None:
     # Importing the method modules registers them.
-    from models import ddn, dncnn, identity, jorder, prenet, resguidenet_zoo  # noqa: F401
+    from models import ddn, did_mdn, dncnn, gmm, identity, jorder, prenet, resguidenet_zoo  # noqa: F401
 
 
 __all__ = ["MethodSpec", "REGISTRY", "register", "get", "names", "load", "count_parameters",
