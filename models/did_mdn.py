@@ -282,7 +282,8 @@ class DensityClassifier(nn.Module):
 def _resize(x, size):
     if tuple(x.shape[2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    # antialiased resizing has no bfloat16 kernel on the CPU: resize in float32, keep the caller's dtype
+    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True).to(x.dtype)
 
 
 def _stretch(x):
