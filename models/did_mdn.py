@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, first_mismatch, register
+from models.registry import WeightsUnavailable, file_identity, first_mismatch, read_state_dict, register
 
 #: The authors' checkpoints, relative to a folder laid out like their repository.
 AUTHOR_FILES = {
@@ -398,20 +398,6 @@ def parameter_breakdown(net: DIDMDN | None = None) -> dict[str, int]:
 # weights
 
 
-def _read_state(path: Path) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict")
-    if all(k.startswith("module.") for k in obj):  # nn.DataParallel save
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
 def _fit(module: nn.Module, state: dict, what: str) -> dict:
     """Strict check; the authors' PyTorch 0.3 files carry no num_batches_tracked, which is filled in."""
     model = module.state_dict()
@@ -437,11 +423,11 @@ def load_did_mdn_weights(net: DIDMDN, path: str | Path) -> dict:
             raise FileNotFoundError(f"DID-MDN weights folder {path}: missing {', '.join(missing)}")
         for name, f in files.items():
             sub = getattr(net, name)
-            sub.load_state_dict(_fit(sub, _read_state(f), f"{f} ({name})"), strict=True)
+            sub.load_state_dict(_fit(sub, read_state_dict(f), f"{f} ({name})"), strict=True)
         return {"path": str(path), "files": {name: file_identity(f) for name, f in files.items()}}
     if not path.is_file():
         raise FileNotFoundError(f"did_mdn weights {str(path)!r}: no such file or folder")
-    state = _fit(net, _read_state(path), str(path))
+    state = _fit(net, read_state_dict(path), str(path))
     net.load_state_dict(state, strict=True)
     return file_identity(path)
 

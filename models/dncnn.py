@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, first_mismatch, register
+from models.registry import WeightsUnavailable, file_identity, first_mismatch, read_state_dict, register
 
 #: MatConvNet's vl_nnbnorm epsilon (its stored moments are [mean, sqrt(var + eps)]).
 BN_EPS = 1e-4
@@ -163,15 +163,7 @@ def load_dncnn_weights(net: DnCNN, path: str | Path) -> str:
     if path.suffix.lower() == ".mat":
         state, fmt = load_dncnn_mat(path), "matconvnet"
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-        if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-            obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ValueError(f"{path}: not a DnCNN state dict")
-        state, fmt = dict(obj), "state_dict"
+        state, fmt = read_state_dict(path, "DnCNN"), "state_dict"
     problem = first_mismatch(state, net.state_dict())
     if problem is not None:
         raise ValueError(f"{path}: weights do not fit DnCNN ({net.channels} channel(s), "

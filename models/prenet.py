@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, first_mismatch, official_weights, register
+from models.registry import WeightsUnavailable, file_identity, first_mismatch, official_weights, read_state_dict, register
 
 OFFICIAL_WEIGHTS = "PReNet/Rain100L/net_latest.pth"  # csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth
 
@@ -84,25 +84,10 @@ class PReNet(nn.Module):
 
 
 
-def _unwrap(obj, path: Path) -> dict:
-    """A state dict from a raw state dict, a {"state_dict": ...} file, or a DataParallel save."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a PReNet state dict")
-    if all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return dict(obj)
-
-
 def load_prenet_weights(net: PReNet, path: str | Path) -> None:
     """Load a PReNet state dict strictly; ValueError names the file and the first differing tensor."""
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    state = _unwrap(obj, path)
+    state = read_state_dict(path, "PReNet")
     problem = first_mismatch(state, net.state_dict())
     if problem is not None:
         raise ValueError(f"{path}: weights do not fit PReNet: {problem}")

@@ -125,6 +125,25 @@ def count_parameters(net: nn.Module) -> dict[str, int]:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def read_state_dict(path: str | Path, what: str = "") -> dict:
+    """A PyTorch state dict from ``path``: a raw state dict, a ``{"state_dict": ...}`` file, or an
+    ``nn.DataParallel`` save (``module.`` prefixes dropped). ValueError names the file otherwise."""
+    import torch
+
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or not a torch file
+        raise ValueError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a {what + ' ' if what else ''}state dict")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
 def file_identity(path: str | Path) -> dict:
     """Weights identity for a checkpoint file: path (relative to the repository when inside it),
     size and sha256."""
