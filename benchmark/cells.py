@@ -123,10 +123,54 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lambda stage: "weights") -> dict:
+    """Run ``compute(stage)`` for one cell and store the outcome; never raises for a bad input.
+
+    ``compute`` fills ``cell`` with ``status="ok"`` and returns None, or returns a stored cell
+    to reuse; it names what it is doing in ``stage["now"]``. Missing weights give a skipped
+    cell (reason ``skip_reason(stage)``); missing data keep an old ``ok`` cell or give a
+    skipped one; any other error is recorded as failed and the run goes on. A cell skipped
+    again for the same reason leaves the stored file untouched.
+    """
+    from datasets.catalog import DatasetMissing
+    from models.registry import WeightsUnavailable
+
+    stage = {"now": "starting"}
+    try:
+        reused = compute(stage)
+        if reused is not None:
+            stats["reused"] += 1
+            return reused
+        stats["computed"] += 1
+    except WeightsUnavailable as exc:
+        cell.update(status="skipped", skip_reason=skip_reason(stage["now"]), error=str(exc))
+        stats["skipped"] += 1
+    except DatasetMissing as exc:
+        old = store.load(key)
+        if old and old.get("status") == "ok":
+            # computed earlier on a machine that had the data: keep it rather than lose it
+            stats["kept"] += 1
+            return old
+        cell.update(status="skipped", skip_reason="data", error=str(exc))
+        stats["skipped"] += 1
+    except Exception as exc:  # a failed cell is recorded and the run goes on
+        cell.update(status="failed", error=f"{type(exc).__name__} while {stage['now']}: {exc}",
+                    traceback=traceback.format_exc(limit=8))
+        stats["failed"] += 1
+        print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
+    if cell["status"] == "skipped":
+        old = store.load(key)
+        if old and old.get("status") == "skipped" and old.get("skip_reason") == cell["skip_reason"]:
+            return old  # skipped for the same reason as before: leave the stored file untouched
+    cell.update(code_version=code_version(), created=_now())
+    store.save(cell)
+    return cell
+
+
 def run_cell(key: CellKey, ctx: Context) -> dict:
     """Reuse the stored cell when it is fresh, else compute it; never raises for a bad input."""
     from benchmark.evaluate import evaluate
-    from datasets.catalog import DatasetMissing, is_embedded, open_dataset
+    from datasets.catalog import is_embedded, open_dataset
     from models import registry
 
     prof = ctx.profile
@@ -140,47 +184,26 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
         "seed": prof.seed,
         "protocol": PROTOCOL,
     }
-    stage = "opening the dataset"
-    try:
+
+    def compute(stage: dict):
+        stage["now"] = "opening the dataset"
         limit = None if is_embedded(key.dataset) else prof.real_limit
         dataset = open_dataset(key.dataset, ctx.data_root, size=prof.embedded_size, seed=prof.seed, limit=limit)
-        stage = "identifying the dataset"
+        stage["now"] = "identifying the dataset"
         desc = dataset.describe()
-        stage = "loading the method"
+        stage["now"] = "loading the method"
         net, winfo = registry.load(key.method, key.weights, prof.name, ctx.data_root)
         fp = fingerprint({"protocol": PROTOCOL, "method": key.method, "weights": winfo,
                           "dataset": desc.get("fingerprint"), "n_images": len(dataset), "limit": limit,
                           "seed": prof.seed, "embedded_size": prof.embedded_size if is_embedded(key.dataset) else None})
         old = ctx.store.load(key)
         if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not ctx.force:
-            ctx.stats["reused"] += 1
             return old
-        stage = "evaluating"
+        stage["now"] = "evaluating"
         result = evaluate(net, dataset, progress=ctx.progress, desc=f"{key.method} on {key.dataset}")
         cell.update(status="ok", metrics=result["metrics"], per_image=result["per_image"],
                     n_images=result["n_images"], seconds=result["seconds"], dataset_info=desc,
                     weights=winfo, fingerprint=fp)
-        ctx.stats["computed"] += 1
-    except registry.WeightsUnavailable as exc:
-        cell.update(status="skipped", skip_reason="weights", error=str(exc))
-        ctx.stats["skipped"] += 1
-    except DatasetMissing as exc:
-        old = ctx.store.load(key)
-        if old and old.get("status") == "ok":
-            # computed earlier on a machine that had the data: keep it rather than lose it
-            ctx.stats["kept"] += 1
-            return old
-        cell.update(status="skipped", skip_reason="data", error=str(exc))
-        ctx.stats["skipped"] += 1
-    except Exception as exc:  # a failed cell is recorded and the run goes on
-        cell.update(status="failed", error=f"{type(exc).__name__} while {stage}: {exc}",
-                    traceback=traceback.format_exc(limit=8))
-        ctx.stats["failed"] += 1
-        print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
-    if cell["status"] == "skipped":
-        old = ctx.store.load(key)
-        if old and old.get("status") == "skipped" and old.get("skip_reason") == cell["skip_reason"]:
-            return old  # skipped for the same reason as before: leave the stored file untouched
-    cell.update(code_version=code_version(), created=_now())
-    ctx.store.save(cell)
-    return cell
+        return None
+
+    return settle(key, cell, ctx.store, ctx.stats, compute)

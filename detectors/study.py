@@ -52,9 +52,7 @@ import hashlib
 import json
 import math
 import re
-import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -390,23 +388,6 @@ def default_derainer_weights(derainer: str, rain: str) -> str | None:
     return None
 
 
-def _to_tensor(img: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-
-
-def _derain(net, img: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        out = net(_to_tensor(img).unsqueeze(0)).float()
-    if tuple(out.shape[-2:]) != img.shape[:2]:
-        raise ValueError(f"derainer output {tuple(out.shape)} does not match input {img.shape}")
-    out = out[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
-    return out.numpy()
-
-
 def _round_dets(objs: list[Object]) -> list[list[float]]:
     return [[round(float(v), 3) for v in o.bbox] + [round(float(o.score), 6)] for o in objs]
 
@@ -462,8 +443,9 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     ``n_images``, ``n_objects`` (Car ground truths), ``seconds`` (``derain``, ``detect``) and
     per image the ground truth and the detections.
     """
-    from benchmark.cells import code_version, fingerprint
-    from datasets.catalog import DatasetMissing
+    from benchmark.cells import fingerprint, settle
+    from benchmark.evaluate import run_model, to_tensor
+    from benchmark.metrics import to_uint8
     from detectors.torchvision_det import DEFAULT_DETECTOR
     from models import registry
 
@@ -487,15 +469,15 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     cell = {"format": DET_FORMAT, "id": cid, "kind": "detection", "detector": detector,
             "derainer": "none" if no_derain else derainer, "derainer_weights_request": derainer_weights,
             "dataset": dataset, "rain": rain, "profile": prof.name, "seed": prof.seed, "n_boot": n_boot}
-    stage = "checking the rain"
-    try:
+    def compute(stage: dict):
+        stage["now"] = "checking the rain"
         if rain not in RAINS:
             raise ValueError(f"rain must be one of {', '.join(RAINS)}, got {rain!r}")
-        stage = "opening the dataset"
+        stage["now"] = "opening the dataset"
         ds = detection_dataset(dataset, data_root, prof.name)
-        stage = "loading the detector"
+        stage["now"] = "loading the detector"
         det = get_detector(detector, detector_weights, prof.name, data_root)
-        stage = "loading the derainer"
+        stage["now"] = "loading the derainer"
         if no_derain:
             net, winfo = None, {"tag": "none"}
         else:
@@ -506,9 +488,8 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
                           "n_images": len(ds), "rain": rain, "seed": prof.seed, "n_boot": n_boot})
         old = store.load(key)
         if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not force:
-            stats["reused"] += 1
             return old
-        stage = "detecting"
+        stage["now"] = "detecting"
         from tqdm.auto import tqdm
 
         t_derain = t_detect = 0.0
@@ -527,14 +508,14 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             img = rainy([ds.image(i)], rain, prof.seed, ids=[ds.ids[i]])[0]
             if net is not None:
                 t0 = time.perf_counter()
-                img = _derain(net, img)
+                img = to_uint8(run_model(net, img))
                 t_derain += time.perf_counter() - t0
-            pending.append(_to_tensor(img))
+            pending.append(to_tensor(img)[0])
             if len(pending) >= batch:
                 flush()
         if pending:
             flush()
-        stage = "scoring"
+        stage["now"] = "scoring"
         scored = _metrics(ds.gts, dets, n_boot, prof.seed)
         cell.update(status="ok", **scored, n_images=len(ds), n_objects=ds.n_objects,
                     seconds={"derain": t_derain, "detect": t_detect}, dataset_info=ds.info,
@@ -544,31 +525,10 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
                     derainer_weights=winfo, fingerprint=fp,
                     per_image=[{"id": image_id, "gt": [format_label(o) for o in g], "dets": _round_dets(d)}
                                for image_id, g, d in zip(ds.ids, ds.gts, dets)])
-        stats["computed"] += 1
-    except registry.WeightsUnavailable as exc:
-        reason = "detector" if stage == "loading the detector" else "weights"
-        cell.update(status="skipped", skip_reason=reason, error=str(exc))
-        stats["skipped"] += 1
-    except DatasetMissing as exc:
-        old = store.load(key)
-        if old and old.get("status") == "ok":
-            stats["kept"] += 1
-            return old
-        cell.update(status="skipped", skip_reason="data", error=str(exc))
-        stats["skipped"] += 1
-    except Exception as exc:  # recorded; the run goes on
-        cell.update(status="failed", error=f"{type(exc).__name__} while {stage}: {exc}",
-                    traceback=traceback.format_exc(limit=8))
-        stats["failed"] += 1
-        print(f"error: cell {cid} failed: {cell['error']}", file=sys.stderr)
-    if cell["status"] == "skipped":
-        old = store.load(key)
-        if old and old.get("status") == "skipped" and old.get("skip_reason") == cell["skip_reason"] \
-                and old.get("error") == cell["error"]:
-            return old
-    cell.update(code_version=code_version(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    store.save(cell)
-    return cell
+        return None
+
+    return settle(key, cell, store, stats, compute,
+                  skip_reason=lambda stage: "detector" if stage == "loading the detector" else "weights")
 
 
 CONTRACT_KEYS = ("ap11_moderate", "ap40_moderate", "coco_ap", "coco_ap50")
