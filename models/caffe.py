@@ -107,6 +107,10 @@ def _int64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+#: BlobProto array fields: number -> (element name, field name, dtype, wire type when not packed)
+_BLOB_ARRAYS = {5: ("float", "data", "<f4", 5), 8: ("double", "double_data", "<f8", 1)}
+
+
 def _decode_blob(buf: memoryview, base: int) -> np.ndarray:
     legacy = {}
     dims: list[int] | None = None
@@ -115,24 +119,14 @@ def _decode_blob(buf: memoryview, base: int) -> np.ndarray:
     for number, wire, value, at in _fields(buf, base):
         if number in (1, 2, 3, 4) and wire == 0:
             legacy[number] = _int64(value)
-        elif number == 5:  # data: repeated float
-            if wire == 2:
-                if len(value) % 4:
-                    raise _WireError(f"packed float data at byte {at} is {len(value)} bytes, not a multiple of 4")
-                floats.append(np.frombuffer(value, dtype="<f4"))
-            elif wire == 5:
-                floats.append(np.frombuffer(value, dtype="<f4"))
-            else:
-                raise _WireError(f"blob data at byte {at} has wire type {wire}")
-        elif number == 8:  # double_data: repeated double
-            if wire == 2:
-                if len(value) % 8:
-                    raise _WireError(f"packed double data at byte {at} is {len(value)} bytes, not a multiple of 8")
-                doubles.append(np.frombuffer(value, dtype="<f8"))
-            elif wire == 1:
-                doubles.append(np.frombuffer(value, dtype="<f8"))
-            else:
-                raise _WireError(f"blob double_data at byte {at} has wire type {wire}")
+        elif number in _BLOB_ARRAYS:  # data (repeated float) or double_data (repeated double)
+            kind, field, dtype, fixed_wire = _BLOB_ARRAYS[number]
+            size = np.dtype(dtype).itemsize
+            if wire == 2 and len(value) % size:
+                raise _WireError(f"packed {kind} data at byte {at} is {len(value)} bytes, not a multiple of {size}")
+            if wire not in (2, fixed_wire):
+                raise _WireError(f"blob {field} at byte {at} has wire type {wire}")
+            (floats if number == 5 else doubles).append(np.frombuffer(value, dtype=dtype))
         elif number == 7:  # shape: BlobShape
             if wire != 2:
                 raise _WireError(f"blob shape at byte {at} has wire type {wire}")
