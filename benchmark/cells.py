@@ -193,6 +193,9 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
         desc = dataset.describe()
         stage["now"] = "loading the method"
         net, winfo = registry.load(key.method, key.weights, prof.name, ctx.data_root)
+        from datasets.noisy import refuse_seen_test_set
+
+        refuse_seen_test_set(key.dataset, key.weights, winfo)
         fp = fingerprint({"protocol": PROTOCOL, "method": key.method, "weights": winfo,
                           "dataset": desc.get("fingerprint"), "n_images": len(dataset), "limit": limit,
                           "seed": prof.seed, "embedded_size": prof.embedded_size if is_embedded(key.dataset) else None})

@@ -18,7 +18,11 @@ from benchmark.cells import Context, Store, atomic_write_text, run_cell
 from benchmark.tables import TABLES
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smoke.json"
-DEFAULT_TOLERANCE = {"psnr": 0.05, "ssim": 0.002}
+DEFAULT_TOLERANCE = {"psnr": 0.05, "ssim": 0.002, "ap": 0.01, "coco": 0.01}
+#: detection cells of the gate: (derainer, rain) on the road scenes and the KITTI frames, with the
+#: shipped detector (see detectors.study.DET_PROFILES["smoke"])
+DETECTION_ROWS = (("none", "none"), ("none", "heavy"), ("resguidenet", "heavy"))
+DETECTION_DATASETS = ("roads", "KITTI")
 
 
 def tolerance_for(metric: str, tol: dict) -> float:
@@ -28,8 +32,11 @@ def tolerance_for(metric: str, tol: dict) -> float:
     return 0.0
 
 
-def compute_smoke(data_root, progress: bool = True, methods=None) -> dict[str, dict]:
-    """Compute every smoke cell from scratch in a temporary store; returns id -> cell."""
+def compute_smoke(data_root, progress: bool = True, methods=None, detection: bool = True) -> dict[str, dict]:
+    """Compute every smoke cell from scratch in a temporary store; returns id -> cell.
+
+    With ``detection``, also the detection cells of :data:`DETECTION_ROWS` (AP metrics; a
+    missing detector or dataset makes them skipped, i.e. not checked)."""
     from benchmark.profiles import get_profile
     from datasets.catalog import data_root_from
     from models import registry
@@ -41,7 +48,18 @@ def compute_smoke(data_root, progress: bool = True, methods=None) -> dict[str, d
     with tempfile.TemporaryDirectory(prefix="resguide-check-") as tmp:
         ctx = Context(profile=get_profile("smoke"), data_root=data_root_from(data_root), store=Store(Path(tmp)),
                       force=True, progress=progress)
-        return {k.id: run_cell(k, ctx) for k in keys}
+        cells = {k.id: run_cell(k, ctx) for k in keys}
+        if detection:
+            from detectors.study import detect_cell
+
+            for dataset in DETECTION_DATASETS:
+                for derainer, rain in DETECTION_ROWS:
+                    if derainer in registered or derainer == "none":
+                        cell = detect_cell(derainer, dataset, rain, profile="smoke", data_root=ctx.data_root,
+                                           results=Path(tmp), force=True)
+                        cell.pop("per_image", None)
+                        cells[cell["id"]] = cell
+        return cells
 
 
 def compare(current: dict[str, dict], reference: dict) -> tuple[list[str], list[str]]:
@@ -88,7 +106,7 @@ def reference_document(current: dict[str, dict], old: dict | None = None) -> dic
             entry["dataset_fingerprint"] = cur.get("dataset_info", {}).get("fingerprint")
             entry["n_images"] = cur.get("n_images")
         cells[cid] = entry
-    return {"profile": "smoke", "tolerance": (old or {}).get("tolerance", DEFAULT_TOLERANCE), "cells": cells}
+    return {"profile": "smoke", "tolerance": {**DEFAULT_TOLERANCE, **(old or {}).get("tolerance", {})}, "cells": cells}
 
 
 def run_check(data_root=None, reference_path: Path | None = None, update: bool = False, progress: bool = True) -> int:

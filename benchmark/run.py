@@ -6,7 +6,7 @@
     list                                                           tables, methods, datasets, profiles
     score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N] [--dtype D] [--contiguous] [--tile T]
     params  METHOD                                                 parameter counts
-    train   METHOD [--rain light|heavy] [--profile P] [--data-root DIR] [--ship]
+    train   METHOD [--rain light|heavy | --sigma N [--grey|--color]] [--profile P] [--data-root DIR] [--ship]
             [--device cuda] [--workers N] [--max-seconds S]      (exit 3: stopped at the limit, rerun resumes)
     render  [--profile P] [--check]                                tables + report from stored cells
     runtime METHOD [--size 500] [--device cpu|cuda] [--dtype float32|bfloat16] [--batch N] [--repeats N]
@@ -56,9 +56,11 @@ def report_path(results: Path, profile: str) -> Path:
 
 
 def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path, profile, data_root,
-                   registered: set[str], force: bool = False, measure: bool = True, report_figures=None) -> None:
+                   registered: set[str], force: bool = False, measure: bool = True, report_figures=None,
+                   ap_wanted: bool = False) -> None:
     """Tables, figures and (with ``report_figures``, the figure ids it shows) the report, from the
-    stored cells; ``measure=False`` times nothing either."""
+    stored cells; ``measure=False`` times nothing either.  ``ap_wanted``: also the detection
+    study's AP table and its figure, from its stored cells (:func:`detectors.study.ap_table`)."""
     from benchmark import figures, table4
     from benchmark.report import write_report
 
@@ -78,8 +80,14 @@ def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path
     for fig in figs:
         runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
         print(f"wrote {figures.draw(fig, cells, data_root, fdir, runtimes)}")
+    if ap_wanted:
+        from detectors.study import ap_table
+
+        for p in ap_table(profile.name, data_root, results=results, compute=False):
+            print(f"wrote {p}")
     if report_figures is not None:
-        ids = [s.id for s in specs] + (["table4"] if table4_wanted else [])
+        ids = [s.id for s in specs] + (["table4"] if table4_wanted else []) + (["ap"] if ap_wanted else [])
+        report_figures = list(report_figures) + (["ap_runtime"] if ap_wanted else [])
         path = write_report(report_path(results, profile.name), profile.name, tdir, fdir, ids, report_figures)
         print(f"wrote {path}")
 
@@ -98,7 +106,7 @@ def cmd_render(profile_name: str, results: Path, check: bool) -> int:
 
     before = {p: p.read_bytes() for p in watched() if p.exists()}
     render_outputs([get_table(t) for t in TABLES], True, [], Store(cells_dir(results, profile.name)), results,
-                   profile, None, set(registry.names()), measure=False, report_figures=list(FIGURES))
+                   profile, None, set(registry.names()), measure=False, report_figures=list(FIGURES), ap_wanted=True)
     changed = [p for p in watched() if p.exists() and before.get(p) != p.read_bytes()]
     for p in changed:
         print(f"{'stale' if check else 'updated'}: {p}")
@@ -147,16 +155,14 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
     with training_allowed(train_missing):  # weights that were never trained are skipped unless asked
         for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
             run_cell(key, ctx)
+    s = ctx.stats
+    if ap_wanted:  # the detection cells, before rendering so that the report shows them
+        from detectors.study import ap_cells
+        ap_cells(profile.name, data_root, results=results, force=force, progress=progress,
+                 train_missing=train_missing, stats=s)
     whole_job = bool(figs) and "table4" in table_ids and len(specs) == len(TABLES)
     render_outputs(specs, "table4" in table_ids, figs, store, results, profile, data_root, registered, force,
-                   report_figures=[f.id for f in figs] if whole_job else None)
-    s = ctx.stats
-    if ap_wanted:
-        from detectors.study import ap_table
-        with training_allowed(train_missing):
-            for p in ap_table(profile.name, data_root, results=results, force=force, progress=progress,
-                              train_missing=train_missing, stats=s):
-                print(f"wrote {p}")
+                   report_figures=[f.id for f in figs] if whole_job else None, ap_wanted=ap_wanted)
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
           f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
     return 1 if s["failed"] else 0
@@ -201,6 +207,9 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
     data_root = data_root_from(data_root_arg)
     ds = open_dataset(dataset, data_root, size=profile.embedded_size, seed=profile.seed, limit=limit)
     net, winfo = registry.load(method, weights, profile.name, data_root)
+    from datasets.noisy import refuse_seen_test_set
+
+    refuse_seen_test_set(dataset, weights, winfo)
     if tile:
         from models.tiling import Tiled
         net = Tiled(net, tile, halo)
@@ -225,34 +234,64 @@ def cmd_params(method: str) -> int:
     return 0
 
 
-def cmd_train(method: str, rain: str, profile_name: str, data_root_arg, ship: bool, progress=True,
-              device: str = "cpu", workers: int = 0, max_seconds: float | None = None) -> int:
+def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, ship: bool, progress=True,
+              device: str = "cpu", workers: int = 0, max_seconds: float | None = None,
+              sigma: int | None = None, colour: bool | None = None) -> int:
     """Train (or resume training) a method the suite trains itself; ``--ship`` copies the weights
-    and their record into results/weights/ for committing."""
+    and their record into results/weights/ for committing.
+
+    A derainer trains for ``rain`` (default light); a denoiser (Table 5) for noise level ``sigma``
+    (0-255 scale), grey or ``colour`` (default: the method's own channels, grey for resguidenet)."""
     from datasets.catalog import data_root_from
     from models import provider, registry
+    from models.train import denoise_tag
 
     get_profile(profile_name)
     spec = registry.get(method)
     family = getattr(spec.factory, "family", None)
     if family is None:
         raise ValueError(f"method {method!r} is not trained by the suite")
-    path = provider.find(family, rain, profile_name)
+    tasks = getattr(spec.factory, "tasks", ("derain",))
+    if sigma is None:
+        if colour is not None:
+            raise ValueError("--grey/--color choose a denoiser's channels; they need --sigma")
+        if "derain" not in tasks:
+            raise ValueError(f"{method} is a denoiser: train it with --sigma N (noise level on the 0-255 scale), "
+                             "not --rain")
+        tag = rain = rain or "light"
+    else:
+        if "denoise" not in tasks:
+            can = sorted(m for m in registry.names()
+                         if m == getattr(registry.get(m).factory, "family", None)
+                         and "denoise" in getattr(registry.get(m).factory, "tasks", ()))
+            raise ValueError(f"{method} is trained for deraining only (--rain); --sigma is for the denoisers "
+                             f"the suite trains: {', '.join(can)}")
+        if not 1 <= sigma <= 255:
+            raise ValueError(f"--sigma must be in 1..255 (0-255 scale), got {sigma}")
+        fixed = getattr(spec.factory, "channels", None)
+        if colour is None:
+            colour = fixed == 3
+        elif fixed is not None and (3 if colour else 1) != fixed:
+            raise ValueError(f"{method} is {'colour' if fixed == 3 else 'grayscale'} only; for "
+                             f"{'--color' if colour else '--grey'} train {'dncnn_color' if colour else 'dncnn'}")
+        tag = denoise_tag(sigma, colour)
+    path = provider.find(family, tag, profile_name)
     if path is None:
         try:
             with provider.train_options(device, workers, max_seconds, progress):
-                registry.load(method, rain, profile_name, data_root_from(data_root_arg))
+                registry.load(method, tag, profile_name, data_root_from(data_root_arg))
         except provider.TrainingIncomplete as exc:
             print(f"incomplete: {exc}", file=sys.stderr)
             if ship:
-                print(f"committed run checkpoint: {provider.ship_checkpoint(family, rain, profile_name)}",
+                print(f"committed run checkpoint: {provider.ship_checkpoint(family, tag, profile_name)}",
                       file=sys.stderr)
             return 3
-        path = provider.find(family, rain, profile_name)
+        path = provider.find(family, tag, profile_name)
     if ship and path.parent != provider.WEIGHTS_DIR:
-        path = provider.ship(family, rain, profile_name)
+        path = provider.ship(family, tag, profile_name)
     record = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
-    print(json.dumps({"method": method, "family": family, "rain": rain, "profile": profile_name,
+    print(json.dumps({"method": method, "family": family, "rain": rain if sigma is None else None, "sigma": sigma,
+                      "colour": colour, "tag": tag, "profile": profile_name,
                       "weights": str(path), "seconds": record.get("seconds"),
                       "iterations": record.get("iterations"), "final_loss": record.get("final_loss")}))
     return 0
@@ -279,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     batch(p)
     p = sub.add_parser("table", help="compute one table")
-    p.add_argument("table_id", metavar="ID", help=", ".join([*TABLES, "table4"]))
+    p.add_argument("table_id", metavar="ID", help=", ".join([*TABLES, "table4", "ap"]))
     common(p)
     batch(p)
     p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
@@ -303,7 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method")
     p = sub.add_parser("train", help="train a method the suite trains (resumes); --ship to results/weights")
     p.add_argument("method")
-    p.add_argument("--rain", default="light", help="rain type of the training data: light, heavy, ...")
+    task = p.add_mutually_exclusive_group()
+    task.add_argument("--rain", default=None, help="derainers: rain type of the training data: light (default), "
+                      "heavy, ...")
+    task.add_argument("--sigma", type=int, default=None,
+                      help="denoisers (Table 5): Gaussian noise level on the 0-255 scale, e.g. 10, 30, 70")
+    chans = p.add_mutually_exclusive_group()
+    chans.add_argument("--grey", "--gray", dest="colour", action="store_const", const=False, default=None,
+                       help="with --sigma: a grayscale denoiser (default for resguidenet and dncnn)")
+    chans.add_argument("--color", "--colour", dest="colour", action="store_const", const=True,
+                       help="with --sigma: a colour denoiser (dncnn_color is colour only)")
     common(p)
     p.add_argument("--ship", action="store_true", help="copy the weights and their record into results/weights/")
     p.add_argument("--device", default="cpu", help="where the training steps run: cpu (default), cuda, cuda:1")
@@ -331,16 +379,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p = sub.add_parser("detect", help="car AP of a detector on rainy frames after a derainer (JSON line)")
     p.add_argument("derainer", help="a registered method, or none / identity (no deraining)")
-    p.add_argument("dataset", help="roads (embedded road scenes), KITTI (under the data root) or a KITTI folder")
+    p.add_argument("dataset", help="roads (embedded road scenes), KITTI (under the data root), a KITTI folder "
+                   "(image_2/, label_2/) or a COCO .json of labelled images (e.g. real rain: use --rain none)")
     p.add_argument("--rain", default="light", choices=["none", "light", "heavy"])
-    p.add_argument("--detector", default=None, help="torchvision detector name (default fasterrcnn_mobilenet_v3_large_fpn)")
+    p.add_argument("--detector", default=None, help="torchvision detector name (default fasterrcnn_tiny_fpn)")
     p.add_argument("--detector-weights", default=None, help="local detector checkpoint (else the trained one)")
+    p.add_argument("--detector-config", default=None, metavar="CFG",
+                   help="an mmdet config (.py): use the mmdet back end with --detector-weights as its checkpoint "
+                        "(needs pip install .[mmdet])")
     p.add_argument("--weights", default=None, help="derainer weights tag or path (default: matches the rain)")
     p.add_argument("--force", action="store_true", help="recompute a fresh cell too")
     common(p)
     p = sub.add_parser("train-detector", help="train the detection study's detector on the road scenes (resumes)")
     p.add_argument("--detector", default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--train-data", default=None, metavar="DIR",
+                   help="a KITTI-layout folder (image_2/, label_2/) of clean training frames instead of the road scenes")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="with --train-data: fine-tune from this local checkpoint (e.g. torchvision's COCO .pth)")
+    p.add_argument("--min-size", type=int, default=None, help="resize limit, short side (KITTI: 375)")
+    p.add_argument("--max-size", type=int, default=None, help="resize limit, long side (KITTI: 1242)")
+    p.add_argument("--iterations", type=int, default=None, help="training steps (default: the profile's)")
+    p.add_argument("--out", default=None, metavar="PATH", help="with --train-data: where the weights go")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop after this much wall time with a checkpoint; the same command resumes (exit 3)")
     common(p)
@@ -356,7 +416,7 @@ def cmd_detect(args) -> int:
     cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
                        data_root=data_root_from(args.data_root), detector_weights=args.detector_weights,
                        derainer_weights=args.weights, results=args.results, force=args.force,
-                       progress=args.progress)
+                       progress=args.progress, detector_config=args.detector_config)
     print(json.dumps(contract(cell)))
     if cell["status"] != "ok":
         print(f"error: {cell['status']}: {cell.get('error')}", file=sys.stderr)
@@ -370,7 +430,9 @@ def cmd_train_detector(args) -> int:
 
     get_profile(args.profile)
     res = train_detector_cmd(args.detector, args.profile, data_root_from(args.data_root), args.max_seconds,
-                             args.progress, args.device)
+                             args.progress, args.device, train_data=args.train_data, init=args.init,
+                             min_size=args.min_size, max_size=args.max_size, iterations=args.iterations,
+                             out_path=args.out)
     print(json.dumps(res, default=str))
     return 0 if res["complete"] else 3
 
@@ -380,7 +442,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "all":
             from benchmark.figures import FIGURES
-            return run_tables([*TABLES, "table4"], args.profile, args.data_root, args.force, args.dry_run,
+            return run_tables([*TABLES, "table4", "ap"], args.profile, args.data_root, args.force, args.dry_run,
                               args.results, args.progress, figure_ids=list(FIGURES), train_missing=args.train_missing)
         if args.command == "figure":
             return run_tables([], args.profile, args.data_root, args.force, args.dry_run, args.results,
@@ -397,7 +459,7 @@ def main(argv=None) -> int:
             return cmd_params(args.method)
         if args.command == "train":
             return cmd_train(args.method, args.rain, args.profile, args.data_root, args.ship, args.progress,
-                             args.device, args.workers, args.max_seconds)
+                             args.device, args.workers, args.max_seconds, args.sigma, args.colour)
         if args.command == "render":
             return cmd_render(args.profile, args.results, args.check)
         if args.command == "runtime":

@@ -117,3 +117,50 @@ class NoisyImages:
         return {"name": self.name, "release": self.set, "version": f"sigma{self.sigma}-seed{self.seed}",
                 "known": False, "fingerprint": h.hexdigest(), "n_images": len(self), "sigma": self.sigma,
                 "colour": self.colour, "noise": "float, unclipped: clean/255 + sigma/255 * N(0,1), seeded per image"}
+
+
+# --------------------------------------------------------------------------
+# the same grey conversion and noise for training (models.train.NoisyPatchSampler)
+
+
+def to_grey(img: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 RGB -> uint8 HxWx1 with PIL's ``convert("L")`` (ITU-R 601-2 luma, integer
+    rounding), the conversion :class:`NoisyImages` applies to the grayscale test sets."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (1, 3):
+        raise ValueError(f"to_grey: expected uint8 HxWx3 (or HxWx1), got {img.dtype} {img.shape}")
+    if img.shape[2] == 1:
+        return img
+    return np.asarray(Image.fromarray(img, "RGB").convert("L"), dtype=np.uint8)[..., None]
+
+
+def add_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``clean / 255 + sigma / 255 * N(0, 1)`` in float32, neither rounded nor clipped: the formula
+    of :class:`NoisyImages` (``clean`` uint8; ``sigma`` on the 0-255 scale; noise drawn from ``rng``)."""
+    clean = np.asarray(clean)
+    if clean.dtype != np.uint8:
+        raise ValueError(f"add_noise: clean image must be uint8, got {clean.dtype}")
+    noise = rng.standard_normal(clean.shape, dtype=np.float32)
+    return clean.astype(np.float32) / 255.0 + np.float32(sigma / 255.0) * noise
+
+
+#: BSD68 / CBSD68 are BSDS500 val images: never score a model trained on BSDS500 train + val on them
+INSIDE_TRAIN_VAL = ("BSD68", "CBSD68")
+
+
+def refuse_seen_test_set(dataset: str, weights, winfo: dict | None = None) -> None:
+    """Raise ValueError when ``dataset`` is BSD68 / CBSD68 and the weights are one of the suite's
+    denoisers (tag ``denoise-...`` or a weights file whose record says it trained on BSDS500):
+    those train on BSDS500 train + val, and BSD68 lies inside val (Table 5 scores them on
+    BSDS500 test).  The authors' DnCNN weights (``official-sN``, trained on Train400) are fine."""
+    parsed = parse_name(str(dataset))
+    if parsed is None or parsed[0] not in INSIDE_TRAIN_VAL:
+        return
+    from models.train import parse_denoise_tag
+
+    data = (winfo or {}).get("training_data") or ""
+    source = str(data.get("source", "")) if isinstance(data, dict) else str(data)
+    if parse_denoise_tag(weights) is not None or "BSDS500" in source:
+        raise ValueError(f"{dataset}: these weights ({weights}) were trained on BSDS500 train + val, and "
+                         f"{parsed[0]} lies inside BSDS500 val; score them on BSDS500-test-s{parsed[1]} "
+                         f"(or CBSDS500-test-s{parsed[1]}) instead")

@@ -16,6 +16,8 @@ Data (:func:`detection_dataset`):
   :class:`detectors.kitti.KittiDetection` (the first ``profile.real_limit``
   frames when the profile sets one).  Absent -> ``DatasetMissing`` -> the cell
   is skipped, not failed.  A folder holding ``image_2/`` and ``label_2/`` works too.
+* a COCO ``.json`` file of labelled images (:func:`detectors.coco_eval.read_coco_labels`):
+  a user's own frames, e.g. real rain with manual boxes (then use ``rain="none"``).
 
 Rain (:func:`rainy`): the suite's own synthesis, ``datasets.rain.add_rain`` with
 the ``light`` / ``heavy`` presets, seeded per image from ``(seed, image id)``.
@@ -84,13 +86,20 @@ RAINS = ("none", "light", "heavy")
 NO_DERAINER = ("none", "identity")
 
 #: Scale of the study per profile: road-scene test / train counts and size (H, W), the
-#: detector's training schedule, bootstrap replicates.  ``quick`` / ``paper`` schedules are
-#: first guesses (not yet timed against the AP they reach).
+#: detector's training schedule, bootstrap replicates.  ``smoke`` (the CI gate) scores a few
+#: test scenes with the ``quick`` profile's detector (``detector_profile``): a detector trained
+#: for seconds would score AP ~ 0 and check nothing.
 DET_PROFILES: dict[str, dict] = {
-    "smoke": dict(n_test=6, size=(96, 288), n_train=24, iterations=30, batch=2, n_boot=20),
-    "quick": dict(n_test=60, size=(192, 576), n_train=400, iterations=1500, batch=4, n_boot=200),
-    "paper": dict(n_test=300, size=(192, 576), n_train=2000, iterations=6000, batch=8, n_boot=1000),
+    "smoke": dict(n_test=12, size=(192, 576), n_boot=20, detector_profile="quick"),
+    "quick": dict(n_test=60, size=(192, 576), n_train=400, iterations=3000, batch=4, lr_steps=(2400,), n_boot=200),
+    "paper": dict(n_test=300, size=(192, 576), n_train=2000, iterations=12000, batch=8, lr_steps=(9600,),
+                  n_boot=1000),
 }
+
+#: The paper-profile ResGuideNet runs committed as resumable checkpoints (``{rain}`` filled in
+#: per row; a relative path is taken from the repository root when it is not in the working
+#: directory).  Their merged output is sound, which the quick heavy model's is not yet.
+PAPER_RUN = "results/weights/resguidenet-{rain}-paper.ckpt"
 
 #: Rows of the AP table after "clean" and "rainy": (method, weights); ``None`` weights = the
 #: suite-trained weights matching the rain (light / heavy), ``"official"`` = the authors'
@@ -98,6 +107,7 @@ DET_PROFILES: dict[str, dict] = {
 DEFAULT_DERAINERS: tuple[tuple[str, str | None], ...] = (
     ("resguidenet_3", None),
     ("resguidenet", None),
+    ("resguidenet", PAPER_RUN),
     ("prenet", "official"),
     ("jorder", "official"),
     ("ddn", "official"),
@@ -111,6 +121,12 @@ def _profile(name: str):
     if prof.name not in DET_PROFILES:
         raise ValueError(f"no detection settings for profile {prof.name!r}")
     return prof, DET_PROFILES[prof.name]
+
+
+def detector_profile(profile: str) -> str:
+    """The profile whose detector (weights and training schedule) ``profile`` uses."""
+    prof, det = _profile(profile)
+    return det.get("detector_profile") or prof.name
 
 
 # --------------------------------------------------------------------------
@@ -169,6 +185,19 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
 
     from detectors.kitti import KittiDetection
 
+    if name.lower().endswith(".json") and Path(name).is_file():  # a user's labelled (e.g. real-rain) images
+        from detectors.coco_eval import read_coco_labels
+
+        ids, paths, gts = read_coco_labels(name)
+        if prof.real_limit:
+            ids, paths, gts = ids[: prof.real_limit], paths[: prof.real_limit], gts[: prof.real_limit]
+        h = hashlib.sha256()
+        for image_id, path in zip(ids, paths):
+            h.update(image_id.encode())
+            h.update(str(path.stat().st_size).encode())
+        _labels_digest(h, gts)
+        info = {"source": str(Path(name).resolve()), "limit": prof.real_limit, "fingerprint": h.hexdigest()}
+        return DetectionSet(Path(name).stem, ids, gts, lambda i: _read_rgb(paths[i]), info)
     if name.lower() == "kitti":
         if data_root is None:
             raise DatasetMissing("KITTI: no data root; pass --data-root or set RESGUIDE_DATA "
@@ -178,7 +207,8 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
     elif Path(name).is_dir() and (Path(name) / "image_2").is_dir():
         root, label = Path(name), Path(name).name
     else:
-        raise ValueError(f"unknown detection dataset {name!r}; choose roads, KITTI or a folder with image_2/, label_2/")
+        raise ValueError(f"unknown detection dataset {name!r}; choose roads, KITTI, a folder with image_2/, label_2/ "
+                         "or a COCO .json file of labelled images")
     if not (root / "image_2").is_dir() or not (root / "label_2").is_dir():
         raise DatasetMissing(f"KITTI: no detection data at {root} (expected {root}/image_2 and {root}/label_2)")
     ds = KittiDetection(root)
@@ -191,14 +221,15 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
         h.update(str(ds.image_path(i).stat().st_size).encode())
     _labels_digest(h, gts)
 
-    def load(i: int) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(ds.image_path(i)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-
     info = {"source": str(root), "limit": prof.real_limit, "fingerprint": h.hexdigest()}
-    return DetectionSet(label, list(ds.ids), gts, load, info)
+    return DetectionSet(label, list(ds.ids), gts, lambda i: _read_rgb(ds.image_path(i)), info)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 # --------------------------------------------------------------------------
@@ -265,7 +296,7 @@ def _checkpoint_meta(path: Path) -> dict:
 
 
 def get_detector(name: str | None = None, weights: str | Path | None = None, profile: str = "quick",
-                 data_root: Path | None = None, device: str = "cpu"):
+                 data_root: Path | None = None, device: str = "cpu", config: str | Path | None = None):
     """A :class:`detectors.torchvision_det.Detector` with trained weights (see the module doc).
 
     ``detector.meta["identity"]`` describes the weights (path, bytes, sha256, source).
@@ -276,7 +307,18 @@ def get_detector(name: str | None = None, weights: str | Path | None = None, pro
     from detectors.torchvision_det import DEFAULT_DETECTOR, build_detector
     from models.registry import WeightsUnavailable, file_identity
 
+    if config is not None:  # the mmdet back end: a user's config and checkpoint
+        if weights is None:
+            raise ValueError("an mmdet config (--detector-config) needs its checkpoint (--detector-weights)")
+        from detectors.mmdet_det import build_mmdet_detector
+
+        detector = build_mmdet_detector(config, weights, device=device)
+        detector.meta.update(min_size=None, max_size=None, identity={
+            "source": "given", **file_identity(weights), "config": str(config),
+            "config_sha256": file_identity(config)["sha256"]})
+        return detector
     name = name or DEFAULT_DETECTOR
+    profile = detector_profile(profile)
     _, det = _profile(profile)
     if weights is not None:
         path, source = Path(weights), "given"
@@ -303,52 +345,120 @@ def get_detector(name: str | None = None, weights: str | Path | None = None, pro
 
 
 def train_detector_cmd(name: str | None = None, profile: str = "quick", data_root: Path | None = None,
-                       max_seconds: float | None = None, progress: bool = True, device: str = "cpu") -> dict:
-    """Train (or resume) the study's detector on the road scenes' *train* split and cache it.
+                       max_seconds: float | None = None, progress: bool = True, device: str = "cpu", *,
+                       train_data: str | Path | None = None, init: str | Path | None = None,
+                       min_size: int | None = None, max_size: int | None = None, iterations: int | None = None,
+                       out_path: str | Path | None = None) -> dict:
+    """Train (or resume) a detector on clean frames and save it; returns ``{"complete", "weights", ...}``.
 
-    The checkpoint ``<cache>/detectors/<name>-<profile>.ckpt`` makes a stopped run
-    (``max_seconds``) resumable; when complete the weights go to ``<name>-<profile>.pt``
-    with a ``.json`` record beside them.  ``data_root`` is unused on purpose: KITTI frames
-    are test data here.  Returns ``{"complete", "weights", "iterations", "seconds", ...}``.
+    Default: the study's detector, on the road scenes' *train* split, cached as
+    ``<cache>/detectors/<name>-<profile>.pt`` (a ``.json`` record beside it) where the study
+    finds it.  ``data_root`` is unused on purpose: the KITTI frames under it are test data.
+
+    For the paper's own setting (a detector trained on clean KITTI): ``train_data`` is a
+    KITTI-layout folder of *clean training* frames (``image_2/``, ``label_2/``; keep the
+    frames you score out of it), ``init`` a local checkpoint to fine-tune from (e.g.
+    torchvision's COCO Faster R-CNN ``.pth``: every tensor whose shape fits is loaded, the
+    others -- the 91-class box predictor -- keep their fresh initialisation and are listed
+    in the record; the backbone's batch norms are then frozen, torchvision's convention for
+    a pretrained backbone), ``min_size`` / ``max_size`` the resize limits (KITTI: 375 /
+    1242), and the weights go to ``out_path`` (default
+    ``<cache>/detectors/<name>-<folder name>-<profile>.pt``); score with
+    ``detect ... --detector-weights <that file>``.  The checkpoint ``<weights>.ckpt`` makes a
+    stopped run (``max_seconds``) resumable.
     """
     import torch
 
-    from datasets.roads import road_scenes
     from detectors.torchvision_det import DEFAULT_DETECTOR, build_detector
     from detectors.train_det import train_detector
     from models.registry import file_identity
 
     name = name or DEFAULT_DETECTOR
-    prof, det = _profile(profile)
-    paths = detector_paths(name, profile)
+    prof, det = _profile(detector_profile(profile))
+    paths = detector_paths(name, prof.name)
     out = {"detector": name, "profile": prof.name}
-    for key in ("shipped", "cache"):
-        if paths[key].is_file():
-            return {**out, "complete": True, "weights": str(paths[key]), "already": key}
     h, w = det["size"]
-    samples = road_scenes("train", det["n_train"], size=(h, w), seed=prof.seed)
+    h, w = int(min_size or h), int(max_size or w)
+    n_iter = int(iterations or det["iterations"])
+    if train_data is None:
+        if init is not None or out_path is not None:
+            raise ValueError("--init and --out go with --train-data (the road-scene detector is the study's own)")
+        for key in ("shipped", "cache"):
+            if paths[key].is_file():
+                return {**out, "complete": True, "weights": str(paths[key]), "already": key}
+        from datasets.roads import road_scenes
+
+        samples = road_scenes("train", det["n_train"], size=det["size"], seed=prof.seed)
+        weights, ckpt = paths["cache"], paths["ckpt"]
+        training_data = {"source": "embedded road scenes (datasets.roads)", "split": "train",
+                         "n": det["n_train"], "size": list(det["size"]), "seed": prof.seed}
+    else:
+        from detectors.kitti import KittiDetection
+
+        folder = Path(train_data)
+        if not (folder / "image_2").is_dir() or not (folder / "label_2").is_dir():
+            raise ValueError(f"--train-data {folder}: expected a KITTI-layout folder with image_2/ and label_2/")
+        ds = KittiDetection(folder)
+        samples = [(ds.load_image(i), ds.labels(i), ds.ids[i]) for i in range(len(ds))]
+        weights = Path(out_path) if out_path else paths["cache"].with_name(f"{name}-{folder.name}-{prof.name}.pt")
+        ckpt = weights.with_suffix(".ckpt")
+        training_data = {"source": str(folder.resolve()), "n": len(ds)}
+    if weights.is_file():
+        return {**out, "complete": True, "weights": str(weights), "already": "trained"}
     torch.manual_seed(prof.seed)
     model = build_detector(name, min_size=h, max_size=w)
-    paths["ckpt"].parent.mkdir(parents=True, exist_ok=True)
-    res = train_detector(model, samples, det["iterations"], batch=det["batch"], seed=prof.seed,
-                         ckpt_path=paths["ckpt"], progress=progress, max_seconds=max_seconds, device=device)
+    init_record = None
+    if init is not None:
+        init_record = load_partial(model.model, init)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    res = train_detector(model, samples, n_iter, batch=det["batch"], seed=prof.seed,
+                         lr_steps=tuple(s for s in det["lr_steps"] if s < n_iter) if iterations else det["lr_steps"],
+                         ckpt_path=ckpt, progress=progress, max_seconds=max_seconds, device=device)
     out.update(complete=res["complete"], iterations=res["iterations"], seconds=res["seconds"],
-               final_loss=res["final_loss"], checkpoint=str(paths["ckpt"]))
+               final_loss=res["final_loss"], checkpoint=str(ckpt))
     if not res["complete"]:
         return out
-    training_data = {"source": "embedded road scenes (datasets.roads)", "split": "train",
-                     "n": det["n_train"], "size": [h, w], "seed": prof.seed,
-                     "samples_sha256": res["config"]["samples_sha256"]}
+    training_data["samples_sha256"] = res["config"]["samples_sha256"]
     meta = {"min_size": h, "max_size": w, "profile": prof.name, "training_data": training_data,
             "iterations": res["iterations"], "seconds": res["seconds"], "final_loss": res["final_loss"],
-            "config": res["config"]}
-    model.save(paths["cache"], meta)
-    record = {**meta, **file_identity(paths["cache"])}
+            "config": res["config"], "init": init_record}
+    model.save(weights, meta)
+    record = {**meta, **file_identity(weights)}
     from benchmark.cells import atomic_write_text
 
-    atomic_write_text(paths["cache"].with_suffix(".json"), json.dumps(record, indent=1, default=str) + "\n")
-    out["weights"] = str(paths["cache"])
+    atomic_write_text(weights.with_suffix(".json"), json.dumps(record, indent=1, default=str) + "\n")
+    out["weights"] = str(weights)
     return out
+
+
+def load_partial(model, path: str | Path) -> dict:
+    """Load every tensor of the checkpoint at ``path`` whose name and shape fit ``model``;
+    freeze the backbone's batch norms (``FrozenBatchNorm2d``); return what was loaded / left."""
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from detectors.torchvision_det import read_state
+
+    state = read_state(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not fits:
+        raise ValueError(f"{path}: no tensor of the checkpoint fits the detector (is it a Faster R-CNN?)")
+    model.load_state_dict(fits, strict=False)
+
+    def freeze(module):
+        for child_name, child in module.named_children():
+            if isinstance(child, torch.nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+                for buf in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, buf).copy_(getattr(child, buf).detach())
+                setattr(module, child_name, frozen)
+            else:
+                freeze(child)
+
+    freeze(model.backbone)
+    return {"path": str(path), "loaded": len(fits), "left_at_init": sorted(k for k in own if k not in fits),
+            "unused": sorted(k for k in state if k not in fits)[:20]}
 
 
 # --------------------------------------------------------------------------
@@ -432,6 +542,7 @@ def _metrics(gts, dets, n_boot: int, seed: int) -> dict:
 
 def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str | None = None, *,
                 profile: str = "quick", data_root: Path | None = None, detector_weights: str | Path | None = None,
+                detector_config: str | Path | None = None,
                 derainer_weights: str | None = None, results: Path | None = None, force: bool = False,
                 progress: bool = False, stats: dict | None = None, batch: int = 4) -> dict:
     """Compute (or reuse) one detection cell; never raises for a bad input (see the module doc).
@@ -454,7 +565,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         stats.setdefault(k, 0)
     if results is None:
         from benchmark.run import RESULTS as results
-    detector = detector or DEFAULT_DETECTOR
+    detector = detector or (f"mmdet-{Path(detector_config).stem}" if detector_config else DEFAULT_DETECTOR)
     prof, det_prof = _profile(profile)
     no_derain = derainer in NO_DERAINER
     if derainer_weights is None and not no_derain:
@@ -476,13 +587,17 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         stage["now"] = "opening the dataset"
         ds = detection_dataset(dataset, data_root, prof.name)
         stage["now"] = "loading the detector"
-        det = get_detector(detector, detector_weights, prof.name, data_root)
+        det = get_detector(detector, detector_weights, prof.name, data_root, config=detector_config)
         stage["now"] = "loading the derainer"
         if no_derain:
             net, winfo = None, {"tag": "none"}
         else:
-            net, winfo = registry.load(derainer, derainer_weights, prof.name, data_root)
+            net, winfo = registry.load(derainer, _weights_path(derainer_weights), prof.name, data_root)
+            import torch
+
+            net = net.to(memory_format=torch.channels_last)  # as benchmark.evaluate.evaluate: run_model's format
         fp = fingerprint({"format": DET_FORMAT, "detector": det.meta["identity"]["sha256"], "detector_name": detector,
+                          "detector_config": det.meta["identity"].get("config_sha256"),
                           "detector_size": [det.meta["min_size"], det.meta["max_size"]],
                           "derainer": cell["derainer"], "derainer_weights": winfo, "dataset": ds.info["fingerprint"],
                           "n_images": len(ds), "rain": rain, "seed": prof.seed, "n_boot": n_boot})
@@ -563,8 +678,20 @@ class _Row:
 def _rows(rain: str, derainers) -> list[_Row]:
     rows = [_Row("clean (no rain)", "none", None, "none"), _Row("rainy", "none", None, rain)]
     for method, weights in derainers:
-        rows.append(_Row(method, method, weights, rain))
+        weights = weights.format(rain=rain) if weights else weights
+        label = method if weights in (None, "official") else f"{method} ({Path(weights).stem})"
+        rows.append(_Row(label, method, weights, rain))
     return rows
+
+
+def _weights_path(weights: str | None) -> str | None:
+    """A relative weights *path* that is not in the working directory but is in the repository
+    (e.g. :data:`PAPER_RUN`) resolves there; tags and other values pass unchanged."""
+    if weights and ("/" in weights or weights.endswith((".pt", ".ckpt", ".pth"))) and not Path(weights).exists():
+        repo = Path(__file__).resolve().parent.parent
+        if (repo / weights).exists():
+            return str(repo / weights)
+    return weights
 
 
 def ap_cell_plan(datasets=("roads", "KITTI"), rains=("light", "heavy"), derainers=DEFAULT_DERAINERS):
@@ -581,6 +708,12 @@ def _paper_name(method: str) -> str:
         return method
 
 
+def _row_name(row: _Row) -> str:
+    """The derainer's paper name, with the weights file's stem when the row names a file."""
+    name = _paper_name(row.derainer)
+    return name if row.weights in (None, "official") else f"{name} ({Path(row.weights).stem})"
+
+
 def _f(v, digits=3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -589,37 +722,81 @@ def _ci(ci) -> str:
     return f"[{_f(ci[0])}, {_f(ci[1])}]"
 
 
-def ap_table(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
+def _row_cell_id(detector: str, row: _Row, dataset: str) -> str:
+    """The id :func:`detect_cell` gives the cell of ``row`` (same default derainer weights)."""
+    weights = row.weights
+    if weights is None and row.derainer not in NO_DERAINER:
+        try:
+            weights = default_derainer_weights(row.derainer, row.rain)
+        except LookupError:
+            weights = None
+    return cell_id(detector, "none" if row.derainer in NO_DERAINER else row.derainer, dataset, row.rain, weights)
+
+
+def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
              detector_weights: str | Path | None = None, results: Path | None = None, force: bool = False,
              progress: bool = False, train_missing: bool = False, datasets=("roads", "KITTI"),
-             rains=("light", "heavy"), derainers=DEFAULT_DERAINERS, stats: dict | None = None) -> list[Path]:
-    """Compute the cells of the AP table and write ``ap.{md,csv,tex}``; returns the written paths.
-
-    Sections: one per (dataset, rain) whose clean and rainy cells exist (a dataset absent
-    here is named in a note).  Rows: clean, rainy, then each derainer whose weights exist.
-    The gain column is derained minus rainy AP40-moderate with its paired bootstrap 95 %
-    interval; the note says whether each gain is beyond the bootstrap noise.
-    """
-    from benchmark.cells import atomic_write_text
-    from benchmark.profiles import DEFAULT_PROFILE
-    from detectors.bootstrap import paired_bootstrap_ci
+             rains=("light", "heavy"), derainers=DEFAULT_DERAINERS, stats: dict | None = None,
+             compute: bool = True) -> list[tuple]:
+    """[(dataset, rain, rows, cells)]: the AP table's cells, computed (or reused) with
+    :func:`detect_cell`, or with ``compute=False`` read from the store as they are (a missing
+    cell comes back as ``{"status": "missing"}``)."""
     from detectors.torchvision_det import DEFAULT_DETECTOR
     from models.provider import training_allowed
 
     if results is None:
         from benchmark.run import RESULTS as results
     detector = detector or DEFAULT_DETECTOR
-    prof, det_prof = _profile(profile)
+    prof, _ = _profile(profile)
     stats = stats if stats is not None else {}
+    store = _det_store(results, prof.name)
     sections = []
     with training_allowed(train_missing):
         for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
-            cells = [detect_cell(r.derainer, dataset, r.rain, detector, profile=prof.name, data_root=data_root,
-                                 detector_weights=detector_weights, derainer_weights=r.weights, results=results,
-                                 force=force, progress=progress, stats=stats) for r in rows]
+            if compute:
+                cells = [detect_cell(r.derainer, dataset, r.rain, detector, profile=prof.name, data_root=data_root,
+                                     detector_weights=detector_weights, derainer_weights=r.weights,
+                                     results=results, force=force, progress=progress, stats=stats) for r in rows]
+            else:
+                cells = [store.load(_Key(_row_cell_id(detector, r, dataset)))
+                         or {"status": "missing", "error": "no stored cell (run `python -m benchmark.run table ap`)"}
+                         for r in rows]
             sections.append((dataset, rain, rows, cells))
+    return sections
 
-    md, tex = [f"# Car AP on clean, rainy and derained frames (section 5.2), profile {prof.name}", ""], []
+
+def ap_table(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
+             detector_weights: str | Path | None = None, results: Path | None = None, force: bool = False,
+             progress: bool = False, train_missing: bool = False, datasets=("roads", "KITTI"),
+             rains=("light", "heavy"), derainers=DEFAULT_DERAINERS, stats: dict | None = None,
+             compute: bool = True) -> list[Path]:
+    """Compute (or, with ``compute=False``, only read) the cells of the AP table and write
+    ``ap.{md,csv,tex}`` and the figure ``ap_runtime.{png,csv}``; returns the written paths.
+
+    Sections: one per (dataset, rain) whose clean and rainy cells exist (a dataset absent
+    here is named in a note).  Rows: clean, rainy, then each derainer whose weights exist.
+    The gain column is derained minus rainy AP40-moderate with its paired bootstrap 95 %
+    interval; the note says whether each gain is beyond the bootstrap noise.
+    """
+    from benchmark.run import output_dir
+
+    if results is None:
+        from benchmark.run import RESULTS as results
+    prof, _ = _profile(profile)
+    sections = ap_cells(prof.name, data_root, detector, detector_weights, results, force, progress, train_missing,
+                        datasets, rains, derainers, stats, compute)
+    paths = write_ap_table(sections, prof.name, output_dir(Path(results), "tables", prof.name))
+    paths.append(draw_ap_runtime(sections, prof.name, output_dir(Path(results), "figures", prof.name)))
+    return paths
+
+
+def write_ap_table(sections, profile: str, out_dir: Path) -> list[Path]:
+    """``ap.{md,csv,tex}`` in ``out_dir`` from :func:`ap_cells`' sections."""
+    from benchmark.cells import atomic_write_text
+    from detectors.bootstrap import paired_bootstrap_ci
+
+    prof, det_prof = _profile(profile)
+    md, tex = [f"### Car AP on clean, rainy and derained frames (section 5.2), profile {prof.name}", ""], []
     csv_lines = ["dataset,rain,row,method,derainer_weights,ap40_moderate,ap40_moderate_lo,ap40_moderate_hi,"
                  "ap11_moderate,coco_ap,coco_ap50,coco_ap50_lo,coco_ap50_hi,gain_ap40_moderate,gain_lo,gain_hi,"
                  "beyond_noise,n_images,n_objects"]
@@ -628,7 +805,7 @@ def ap_table(profile: str = "quick", data_root: Path | None = None, detector: st
         title = f"{dataset}, {rain} rain"
         if base_rainy.get("status") != "ok" or base_clean.get("status") != "ok":
             why = (base_rainy if base_rainy.get("status") != "ok" else base_clean).get("error", "")
-            md += [f"## {title}", "", f"Not computed: {why}", ""]
+            md += [f"**{title}**", "", f"Not computed: {why}", ""]
             continue
         gts, rainy_dets = cell_detections(base_rainy)
         header = ["Frames", "Derainer weights", "AP40 mod. [95% CI]", "AP11 mod.", "COCO AP", "COCO AP50 [95% CI]",
@@ -640,14 +817,14 @@ def ap_table(profile: str = "quick", data_root: Path | None = None, detector: st
                 continue
             m, ci = cell["metrics"], cell["ci"]
             gain, glo, ghi, beyond = None, None, None, ""
-            name = row.label if row.derainer == "none" else f"rainy + {_paper_name(row.derainer)}"
+            name = row.label if row.derainer == "none" else f"rainy + {_row_name(row)}"
             if row.derainer != "none":
                 _, dets = cell_detections(cell)
                 if len(dets) == len(rainy_dets):
                     gain = m["ap40_moderate"] - base_rainy["metrics"]["ap40_moderate"]
                     glo, ghi = paired_bootstrap_ci(_ap40m, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed)
                     beyond = "yes" if (glo > 0 or ghi < 0) else "no"
-                    notes.append(f"{_paper_name(row.derainer)}: gain {gain:+.3f} AP40-moderate, paired interval "
+                    notes.append(f"{_row_name(row)}: gain {gain:+.3f} AP40-moderate, paired interval "
                                  f"[{glo:+.3f}, {ghi:+.3f}] "
                                  + ("excludes 0: beyond the bootstrap noise" if beyond == "yes"
                                     else "contains 0: not beyond the bootstrap noise"))
@@ -670,7 +847,7 @@ def ap_table(profile: str = "quick", data_root: Path | None = None, detector: st
                 + ("; ".join(notes) + "." if notes else "No derained row to compare."))
         if left_out:
             note += " Not shown: " + "; ".join(left_out) + "."
-        md += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(v) + " |" for v in body]
         md += ["", note, ""]
         esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
@@ -678,13 +855,77 @@ def ap_table(profile: str = "quick", data_root: Path | None = None, detector: st
                 " & ".join(esc(h) for h in header) + r" \\", r"\hline"]
         tex += [" & ".join(esc(x) for x in v) + r" \\" for v in body]
         tex += [r"\hline", r"\end{tabular}", "% " + note.replace("\n", " "), ""]
-    out_dir = Path(results) / "tables" if prof.name == DEFAULT_PROFILE else Path(results) / "tables" / prof.name
     paths = []
     for ext, text in (("md", "\n".join(md)), ("csv", "\n".join(csv_lines)), ("tex", "\n".join(tex))):
-        p = out_dir / f"ap.{ext}"
+        p = Path(out_dir) / f"ap.{ext}"
         atomic_write_text(p, text.rstrip("\n") + "\n")
         paths.append(p)
     return paths
+
+
+
+def ap_runtime_frame(sections):
+    """One row per ok cell: dataset, rain, row label, AP40-moderate with its interval and the
+    derainer's seconds per frame on this machine (0 for the clean and rainy rows)."""
+    import pandas as pd
+
+    rows = []
+    for dataset, rain, table_rows, cells in sections:
+        for row, cell in zip(table_rows, cells):
+            if cell.get("status") != "ok":
+                continue
+            lo, hi = cell["ci"]["ap40_moderate"]
+            rows.append({"dataset": dataset, "rain": rain, "row": row.label,
+                         "method": row.derainer if row.derainer == "none" else _row_name(row),
+                         "ap40_moderate": cell["metrics"]["ap40_moderate"], "lo": lo, "hi": hi,
+                         "derain_s_per_frame": cell["seconds"]["derain"] / max(1, cell["n_images"])})
+    return pd.DataFrame(rows, columns=["dataset", "rain", "row", "method", "ap40_moderate", "lo", "hi",
+                                       "derain_s_per_frame"])
+
+
+def draw_ap_runtime(sections, profile: str, out_dir: Path) -> Path:
+    """``ap_runtime.png`` (and ``.csv``): AP40-moderate against derainer seconds per frame, one
+    panel per (dataset, rain); the clean and rainy frames are horizontal reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from benchmark.cells import atomic_write_text
+
+    df = ap_runtime_frame(sections)
+    panels = list(dict.fromkeys(zip(df["dataset"], df["rain"]))) or [("no cells", "")]
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (dataset, rain) in zip(axes[0], panels):
+        sub = df[(df["dataset"] == dataset) & (df["rain"] == rain)]
+        for _, r in sub.iterrows():
+            if r["method"] == "none":
+                style = "-" if r["row"].startswith("clean") else "--"
+                ax.axhline(r["ap40_moderate"], color="grey", linestyle=style, linewidth=1)
+                ax.annotate(r["row"], (0, r["ap40_moderate"]), xycoords=("axes fraction", "data"),
+                            textcoords="offset points", xytext=(2, 2), fontsize=7, color="grey")
+            else:
+                x = max(r["derain_s_per_frame"], 1e-3)
+                ax.errorbar([x], [r["ap40_moderate"]], yerr=[[r["ap40_moderate"] - r["lo"]], [r["hi"] - r["ap40_moderate"]]],
+                            fmt="o", capsize=3)
+                ax.annotate(r["method"], (x, r["ap40_moderate"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("derainer seconds per frame (this CPU)")
+        ax.set_ylabel("car AP40, moderate [95% CI]")
+        ax.set_title(f"{dataset}, {rain} rain", fontsize=8)
+    fig.suptitle(f"Detection AP against derainer run time (profile {profile})", fontsize=8)
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "ap_runtime.png"
+    tmp = out_dir / ".ap_runtime.png.tmp"
+    fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    atomic_write_text(out_dir / "ap_runtime.csv", df.to_csv(index=False))
+    return path
 
 
 def ap_dry_run(profile: str, results: Path, detector: str | None = None, datasets=("roads", "KITTI"),
@@ -697,8 +938,7 @@ def ap_dry_run(profile: str, results: Path, detector: str | None = None, dataset
     lines = []
     for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
         for r in rows:
-            w = r.weights if r.weights is not None else (r.rain if r.derainer != "none" else None)
-            cid = cell_id(detector, r.derainer, dataset, r.rain, w)
+            cid = _row_cell_id(detector, r, dataset)
             old = store.load(_Key(cid))
             lines.append(f"  {cid}: {'stored (' + str(old.get('status')) + ')' if old else 'missing'}")
     return lines

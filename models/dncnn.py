@@ -9,7 +9,11 @@ suite's metrics do.
 Methods: ``dncnn`` (grayscale, 1 channel: DnCNN-S, one model per noise level) and ``dncnn_color``
 (3 channels). A 1-channel model given a multi-channel batch denoises every channel on its own.
 
-Weights: ``init`` is the bare architecture; a path loads either a PyTorch state dict of this
+Weights: ``init`` is the bare architecture; ``denoise-sSIGMA`` (``dncnn``) and
+``denoise-color-sSIGMA`` (``dncnn_color``) are the models the suite trains itself for Table 5
+(:mod:`models.provider`, ``python -m benchmark.run train dncnn --sigma 30``) with the authors'
+recipe (:func:`train_recipe`); ``official-sSIGMA`` is the authors' grayscale model under the
+data root; a path loads either a PyTorch state dict of this
 module (``.pth``/``.pt``, optionally ``{"state_dict": ...}``) or the authors' MatConvNet model
 (``.mat``, MATLAB v7.3 = HDF5, e.g. ``model/specifics/sigma=25.mat`` from cszn/DnCNN) through
 :func:`load_dncnn_mat`. The released ``.mat`` models hold batch norm already folded into the
@@ -54,6 +58,47 @@ class DnCNN(nn.Module):
             flat = x.reshape(n * c, 1, h, w)
             return (flat - self.noise(flat)).reshape(n, c, h, w)
         return x - self.noise(x)
+
+
+def dncnn_init_(net: DnCNN) -> DnCNN:
+    """He (Kaiming) normal initialisation of every convolution (fan-in, ReLU gain), zero biases,
+    batch norm at the identity (gamma 1, beta 0). The authors' MatConvNet script also draws the
+    convolutions from a zero-mean Gaussian of He's scale; it draws the batch-norm gammas at
+    random as well, which we do not (PyTorch's default)."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+#: DnCNN's batch and patch size (TIP 2017, section IV-A: mini-batches of 128 patches of 40 x 40).
+PAPER_BATCH, PAPER_PATCH = 128, 40
+
+
+def train_recipe(profile: str) -> dict:
+    """TrainConfig overrides for training DnCNN the authors' way, per profile.
+
+    Adam at learning rate 1e-3 (the authors' released training code; the paper's first
+    version used SGD) on :func:`models.train.dncnn_loss`, the paper's residual loss
+    ``1/(2N) sum ||R(y) - (y - x)||^2``. The paper profile uses DnCNN's 128 patches of 40 x 40
+    (about as many pixels per step as ResGuideNet's 16 of 128 x 128); the smaller profiles use
+    their own batch and patch, the same as ResGuideNet's, so that a quick run costs the same
+    for both. The iteration count is the profile's for both models (the same budget). The
+    authors' final drop of the learning rate to 1e-4 and their eight flip/rotation
+    augmentations are not reproduced (both models see the same horizontally flipped patches).
+    """
+    recipe = {"optimizer": "adam", "lr": 1e-3, "loss": "dncnn"}
+    if profile == "paper":
+        recipe.update(batch=PAPER_BATCH, patch=PAPER_PATCH)
+    return recipe
+
+
+def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    return [net(x)]
 
 
 # --------------------------------------------------------------------------
@@ -187,13 +232,34 @@ def _official(tag: str, channels: int, data_root) -> Path:
 
 
 def _factory(channels: int, example: str):
+    family = "dncnn" if channels == 1 else "dncnn_color"
+
     def factory(weights, profile, data_root):
+        from models.train import denoise_tag, parse_denoise_tag
+
         net = DnCNN(channels=channels)
         if weights == "init":
             return net, {"tag": "init"}
+        trained_tags = f"denoise{'-color' if channels == 3 else ''}-sSIGMA"
+        denoise = parse_denoise_tag(weights)
+        if denoise is not None:  # a model the suite trains itself (Table 5)
+            from models import provider
+
+            sigma, colour = denoise
+            if colour != (channels == 3):
+                other = "dncnn_color" if colour else "dncnn"
+                raise ValueError(f"{family} has {channels} channel(s); weights {weights!r} are for {other} "
+                                 f"(use {family} --weights {denoise_tag(sigma, channels == 3)})")
+            return provider.trained(family, weights, profile, lambda: dncnn_init_(DnCNN(channels=channels)),
+                                    _outputs, data_root, recipe=train_recipe(profile))
+        if weights in ("light", "heavy", "ddn"):  # e.g. the detection study's default for a suite-trained method
+            raise WeightsUnavailable(f"{family} is a denoiser: the suite trains it for Gaussian noise "
+                                     f"(--weights {trained_tags}), "
+                                     f"not for {weights} rain")
         if weights is None:
             raise WeightsUnavailable(f"this DnCNN needs the authors' weights: pass --weights PATH to {example}, "
-                                     "or --weights official-sSIGMA; the suite does not train DnCNN yet")
+                                     "or --weights official-sSIGMA; or the suite-trained model: "
+                                     f"--weights {trained_tags}")
         if str(weights).startswith("official"):
             path = _official(weights, channels, data_root)
             fmt = load_dncnn_weights(net, path)
@@ -203,6 +269,10 @@ def _factory(channels: int, example: str):
             raise FileNotFoundError(f"DnCNN weights {weights!r}: no such file")
         fmt = load_dncnn_weights(net, path)
         return net, {"tag": "official", **file_identity(path), "format": fmt}
+
+    factory.family = family  # trained by the suite (`benchmark.run train dncnn --sigma N`)
+    factory.tasks = ("denoise",)
+    factory.channels = channels  # grey only (dncnn) or colour only (dncnn_color)
     return factory
 
 
@@ -215,4 +285,4 @@ register("dncnn_color", paper_name="DnCNN (colour)", task="denoise",
 
 
 __all__ = ["DnCNN", "load_dncnn_mat", "load_dncnn_weights", "matlab_filters_to_torch",
-           "read_matconvnet_layers", "BN_EPS"]
+           "read_matconvnet_layers", "BN_EPS", "dncnn_init_", "train_recipe"]

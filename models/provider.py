@@ -7,6 +7,11 @@ the model with the profile's schedule on the clean training images (the real one
 the data root when present, else the embedded default's training split), with rain of the
 tag's type synthesised by ``datasets.rain``, and caches the result. Training resumes from
 its checkpoint when it was interrupted.
+
+Denoisers (Table 5) use the tags ``denoise-s<SIGMA>`` (grey) and ``denoise-color-s<SIGMA>``
+(colour), e.g. ``results/weights/dncnn-denoise-s30-quick.pt``: they are trained on BSDS500
+train+val (``models.train.denoise_training_images``) with Gaussian noise of that level, and
+a method may pass its own training ``recipe`` (DnCNN: Adam on its residual loss).
 """
 from __future__ import annotations
 
@@ -73,6 +78,27 @@ def weights_name(family: str, tag: str, profile: str) -> str:
     return f"{family}-{tag}-{profile}"
 
 
+def _what(tag: str) -> str:
+    """``light rain`` or ``denoising, sigma 30, grey`` (for messages)."""
+    from models.train import parse_denoise_tag
+
+    denoise = parse_denoise_tag(tag)
+    if denoise is None:
+        return f"{tag} rain"
+    return f"denoising, sigma {denoise[0]}, {'colour' if denoise[1] else 'grey'}"
+
+
+def train_command(family: str, tag: str, profile: str, data_root=None, device: str = "cpu") -> str:
+    """The ``benchmark.run train`` command that makes the weights ``family``-``tag``-``profile``."""
+    from models.train import parse_denoise_tag
+
+    denoise = parse_denoise_tag(tag)
+    what = f"--rain {tag}" if denoise is None else f"--sigma {denoise[0]} {'--color' if denoise[1] else '--grey'}"
+    root = f" --data-root {data_root}" if data_root else ""
+    return (f"python -m benchmark.run train {family} {what} --profile {profile}{root}"
+            + (f" --device {device}" if device != "cpu" else ""))
+
+
 def find(family: str, tag: str, profile: str) -> Path | None:
     name = weights_name(family, tag, profile)
     for folder in (WEIGHTS_DIR, CACHE_DIR):
@@ -83,19 +109,33 @@ def find(family: str, tag: str, profile: str) -> Path | None:
 
 
 def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_fn: Callable, data_root,
-              use_ssim: bool = True, progress: bool = True) -> Path:
-    """Train ``net`` (already initialised) for ``profile_name`` and cache its weights; returns the path."""
+              use_ssim: bool = True, progress: bool = True, recipe: dict | None = None) -> Path:
+    """Train ``net`` (already initialised) for ``profile_name`` and cache its weights; returns the path.
+
+    ``recipe`` overrides TrainConfig fields (optimizer, loss, lr, batch, patch) for methods that
+    train their own way; a denoising ``tag`` sets task, sigma and channels."""
     from benchmark.cells import code_version
     from benchmark.profiles import get_profile
-    from models.train import (PairedPatchSampler, PatchSampler, TrainConfig, real_training_pairs, save_weights,
+    from models.train import (NoisyPatchSampler, PairedPatchSampler, PatchSampler, TrainConfig,
+                              denoise_training_images, parse_denoise_tag, real_training_pairs, save_weights,
                               train, training_images)
 
     profile = get_profile(profile_name)
     name = weights_name(family, tag, profile_name)
-    cfg = TrainConfig(iterations=profile.train_iterations, batch=profile.train_batch, patch=profile.train_patch,
-                      seed=profile.seed, rain=tag, use_ssim=use_ssim)
-    real = real_training_pairs(data_root, tag)
-    if real is not None:  # the user's real training pairs (e.g. RainTrainL) take precedence
+    denoise = parse_denoise_tag(tag)
+    fields = dict(iterations=profile.train_iterations, batch=profile.train_batch, patch=profile.train_patch,
+                  seed=profile.seed, rain=tag, use_ssim=use_ssim)
+    if denoise is not None:
+        fields.update(task="denoise", sigma=denoise[0], channels=3 if denoise[1] else 1, rain="none")
+    fields.update(recipe or {})
+    cfg = TrainConfig(**fields)
+    real = None if denoise is not None else real_training_pairs(data_root, tag)
+    if denoise is not None:
+        images, data_desc = denoise_training_images(data_root)
+        data_desc += (f"; Gaussian noise sigma {cfg.sigma} (0-255 scale), float, unclipped, "
+                      f"{'RGB' if cfg.channels == 3 else 'grey (PIL L)'}")
+        sampler = NoisyPatchSampler(images, sigma=cfg.sigma, patch=cfg.patch, seed=cfg.seed, channels=cfg.channels)
+    elif real is not None:  # the user's real training pairs (e.g. RainTrainL) take precedence
         sampler = PairedPatchSampler(real, patch=cfg.patch, seed=cfg.seed)
         release = real.describe().get("release") or "unregistered"
         data_desc = f"real pairs {real.name} ({len(real)} pairs, {release})"
@@ -114,8 +154,7 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
     info = train(net, outputs_fn, sampler, cfg, ckpt, progress=progress and opts.get("progress", True),
                  device=device, log=lambda msg: print(msg, file=sys.stderr),
                  workers=opts.get("workers", 0), max_seconds=opts.get("max_seconds"))
-    command = (f"python -m benchmark.run train {family} --rain {tag} --profile {profile_name}"
-               + (" --data-root DATA" if data_root else "") + (f" --device {device}" if device != "cpu" else ""))
+    command = train_command(family, tag, profile_name, "DATA" if data_root else None, device)
     if not info["complete"]:
         progress_record = {
             "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg), "training_data": data_desc,
@@ -125,7 +164,7 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         }
         (CACHE_DIR / f"{name}.ckpt.json").write_text(json.dumps(progress_record, indent=1) + "\n")
         raise TrainingIncomplete(
-            f"{family} ({tag} rain, {profile_name} profile) stopped at its time limit after iteration "
+            f"{family} ({_what(tag)}, {profile_name} profile) stopped at its time limit after iteration "
             f"{info['iterations']}/{cfg.iterations}; the checkpoint {ckpt} is kept and the same command resumes it")
     meta = {
         "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg),
@@ -185,18 +224,22 @@ def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], d
 
 
 def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module], outputs_fn: Callable,
-            data_root=None, use_ssim: bool = True, progress: bool = True) -> tuple[nn.Module, dict]:
-    """A trained ``family`` model for rain ``tag`` under ``profile``, with its weights identity."""
-    from models.train import load_weights
+            data_root=None, use_ssim: bool = True, progress: bool = True,
+            recipe: dict | None = None) -> tuple[nn.Module, dict]:
+    """A trained ``family`` model for ``tag`` (a rain type, or ``denoise[-color]-sSIGMA``) under
+    ``profile``, with its weights identity; ``recipe``: see :func:`train_now`."""
+    from models.train import load_weights, parse_denoise_tag
 
     net = build()
     path = find(family, tag, profile)
     if path is None and not _TRAINING_ALLOWED.get():
+        # a denoiser's command names the data root: without one it would train on the embedded images
+        root = data_root if parse_denoise_tag(tag) is not None else None
         raise WeightsUnavailable(
-            f"{family} is not trained for {tag} rain in the {profile} profile: run `python -m benchmark.run train "
-            f"{family} --rain {tag} --profile {profile}` (or pass --train-missing)")
+            f"{family} is not trained for {_what(tag)} in the {profile} profile: run "
+            f"`{train_command(family, tag, profile, root)}` (or pass --train-missing)")
     if path is None:
-        path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress)
+        path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress, recipe)
     meta = load_weights(net, path)
     source = "shipped" if path.parent == WEIGHTS_DIR else "trained here (cache)"
     return net, {"tag": tag, "source": source, **file_identity(path),

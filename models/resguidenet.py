@@ -110,16 +110,16 @@ class RecursiveUnit(nn.Module):
 
 
 class ResGuideBlock(nn.Module):
-    """One deraining block: input channels -> 3-channel negative residual r(k)."""
+    """One deraining block: input channels -> negative residual r(k) (3 channels, or ``out_channels``)."""
 
-    def __init__(self, in_channels: int, features: int, recursions: int, slope: float):
+    def __init__(self, in_channels: int, features: int, recursions: int, slope: float, out_channels: int = 3):
         super().__init__()
         if recursions < 1:
             raise ValueError(f"recursions must be >= 1 (got {recursions})")
         self.recursions = recursions
         self.extract = _conv3(in_channels, features)
         self.unit = RecursiveUnit(features, slope)
-        self.to_residual = _conv3(features, 3)
+        self.to_residual = _conv3(features, out_channels)
         self.act = nn.LeakyReLU(slope)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
@@ -142,11 +142,15 @@ class ResGuideNet(nn.Module):
         merge: fuse y(1..M) with a 1x1 convolution into the final output.
         slope: LeakyReLU negative slope.
         init: apply ``xavier_init_`` (the paper's initialisation) at construction.
+        channels: image channels C (3 = RGB, the paper's deraining). ``channels=1`` is the grayscale
+            denoiser of Table 5: the same blocks, recursions, widths, residual guidance and merge,
+            only the image-facing layers see C instead of 3 channels (block k input C*k, residual
+            C, merge C*M -> C), as DnCNN-S (1 channel) differs from CDnCNN (3).
     """
 
     def __init__(self, blocks: int = 5, features: int | Sequence[int] = 16, recursions: int = 5,
                  residual_reuse: bool = True, recursion: bool = True, merge: bool = True,
-                 slope: float = 0.2, init: bool = True):
+                 slope: float = 0.2, init: bool = True, channels: int = 3):
         super().__init__()
         if blocks < 1:
             raise ValueError(f"blocks must be >= 1 (got {blocks})")
@@ -159,10 +163,13 @@ class ResGuideNet(nn.Module):
         self.recursion = recursion
         self.recursions = recursions if recursion else 1
         self.has_merge = merge
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1 (got {channels})")
+        self.channels = c = int(channels)
         self.blocks = nn.ModuleList(
-            ResGuideBlock(3 * (k + 1) if residual_reuse else 3, widths[k], self.recursions, slope)
+            ResGuideBlock(c * (k + 1) if residual_reuse else c, widths[k], self.recursions, slope, out_channels=c)
             for k in range(blocks))
-        self.merge = nn.Conv2d(3 * blocks, 3, kernel_size=1, bias=True) if merge else None
+        self.merge = nn.Conv2d(c * blocks, c, kernel_size=1, bias=True) if merge else None
         if init:
             xavier_init_(self)
 
@@ -236,7 +243,7 @@ def param_counts(net: ResGuideNet, exit_block: int | None = None) -> dict:
     merge = _numel(net.merge) if exit_block is None else 0
     paper = None
     if net.residual_reuse and net.recursion and net.num_blocks == 5 and net.widths == (16,) * 5 \
-            and net.recursions == 5:
+            and net.recursions == 5 and net.channels == 3:
         if exit_block is None and net.has_merge:
             paper = PAPER_PARAMS["resguidenet"]
         elif exit_block == 3:
@@ -245,14 +252,14 @@ def param_counts(net: ResGuideNet, exit_block: int | None = None) -> dict:
             "total": _numel(net), "paper": paper}
 
 
-def _baseline_widths(target: int, blocks: int = 5, recursions: int = 5) -> list[int]:
+def _baseline_widths(target: int, blocks: int = 5, recursions: int = 5, channels: int = 3) -> list[int]:
     """Block widths (each F or F+1, last blocks widened first) nearest to ``target`` params."""
     best: tuple[int, list[int]] | None = None
     for f in range(1, 257):
         for n in range(blocks):
             widths = [f] * (blocks - n) + [f + 1] * n
             count = _numel(ResGuideNet(blocks, widths, recursions, residual_reuse=False,
-                                       merge=False, init=False))
+                                       merge=False, init=False, channels=channels))
             if best is None or abs(count - target) < best[0]:
                 best = (abs(count - target), widths)
             if count > target:
@@ -260,26 +267,27 @@ def _baseline_widths(target: int, blocks: int = 5, recursions: int = 5) -> list[
     return best[1]
 
 
-def build(variant: str, features: int | None = None) -> tuple[ResGuideNet, int | None]:
+def build(variant: str, features: int | None = None, channels: int = 3) -> tuple[ResGuideNet, int | None]:
     """One of ``VARIANTS`` with Xavier init; returns (module, None).
 
     ``features`` overrides the width (for "baseline" it sets one uniform width instead of the
-    parameter-matched widths).
+    parameter-matched widths). ``channels`` is the image channel count (1 for a grayscale denoiser).
     """
     f = 16 if features is None else int(features)
+    c = int(channels)
     if variant == "resguidenet":
-        net = ResGuideNet(features=f)
+        net = ResGuideNet(features=f, channels=c)
     elif variant == "baseline_rr":
-        net = ResGuideNet(features=f, merge=False)
+        net = ResGuideNet(features=f, merge=False, channels=c)
     elif variant == "resguidenet_nrecur":
-        net = ResGuideNet(features=f, recursion=False)
+        net = ResGuideNet(features=f, recursion=False, channels=c)
     elif variant == "baseline":
         if features is None:
-            target = _numel(ResGuideNet(features=16, merge=False, init=False))
-            widths: int | list[int] = _baseline_widths(target)
+            target = _numel(ResGuideNet(features=16, merge=False, init=False, channels=c))
+            widths: int | list[int] = _baseline_widths(target, channels=c)
         else:
             widths = f
-        net = ResGuideNet(features=widths, residual_reuse=False, merge=False)
+        net = ResGuideNet(features=widths, residual_reuse=False, merge=False, channels=c)
     else:
         raise ValueError(f"unknown ResGuideNet variant {variant!r}; choose from {', '.join(VARIANTS)}")
     return net, None

@@ -7,7 +7,10 @@ reuse, widened to Baseline-RR's parameter count), ``baseline_rr`` (with residual
 merge), ``resguidenet_nrecur`` (no recursion) and ``resguidenet_l2`` (ℓ2 loss only).
 
 Weights: ``None`` means the light-rain model; ``light`` / ``heavy`` / ``ddn`` pick the rain
-type it was trained for (see ``models.provider``); ``init`` is the bare architecture; any
+type it was trained for (see ``models.provider``); ``denoise-sSIGMA`` / ``denoise-color-sSIGMA``
+pick the denoiser of Table 5 (the ``resguidenet`` family only), trained with the paper's
+recipe on noisy/clean pairs; the grey one is built with ``channels=1`` (same blocks, 1-channel
+image layers, see ``models.resguidenet.ResGuideNet``); ``init`` is the bare architecture; any
 other value is a path to a weights file saved by ``models.train.save_weights``.
 """
 from __future__ import annotations
@@ -60,27 +63,50 @@ def _outputs(net, x):
     return net.forward_all(x)
 
 
+#: Families that may be trained as denoisers (``--weights denoise-sSIGMA``); the ablations derain only.
+DENOISE_FAMILIES = ("resguidenet",)
+
+
+def _channels_of(meta: dict | None) -> int:
+    """Image channels recorded in a weights file's training config (3 when absent)."""
+    return int(((meta or {}).get("config") or {}).get("channels", 3))
+
+
 def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim: bool = True):
     def factory(weights, profile, data_root):
-        def make():
-            return build(variant)[0]
+        from models.train import parse_denoise_tag
 
+        def make(channels: int = 3):
+            return build(variant, channels=channels)[0]
+
+        denoise = parse_denoise_tag(weights)
         if weights == "init":
             net, info = make(), {"tag": "init"}
         elif weights is None or weights in RAIN_TAGS:
             net, info = provider.trained(family, weights or "light", profile, make, _outputs, data_root, use_ssim)
+        elif denoise is not None:
+            if family not in DENOISE_FAMILIES:
+                raise ValueError(f"{family} is trained for deraining only; denoising weights ({weights}) exist for "
+                                 f"{', '.join(DENOISE_FAMILIES)}")
+            channels = 3 if denoise[1] else 1
+            net, info = provider.trained(family, weights, profile, lambda: make(channels), _outputs, data_root,
+                                         use_ssim)
         else:
-            from models.train import load_weights
+            from models.train import _load, load_weights
 
             path = Path(weights)
             if not path.is_file():
-                raise FileNotFoundError(f"weights {weights!r} are neither a tag ({', '.join(RAIN_TAGS)}) nor a file")
-            net = make()
+                raise FileNotFoundError(f"weights {weights!r} are neither a tag ({', '.join(RAIN_TAGS)}, "
+                                        "denoise-sSIGMA, denoise-color-sSIGMA) nor a file")
+            obj = _load(path)
+            # a weights file keeps its training config in "meta", a training checkpoint at the top
+            net = make(_channels_of((obj.get("meta") or obj) if isinstance(obj, dict) else None))
             meta = load_weights(net, path)
             info = {"tag": "path", **file_identity(path), "training_data": (meta or {}).get("training_data")}
         return (Exit(net, exit_block) if exit_block else Full(net)), info
 
     factory.family = family
+    factory.tasks = ("derain", "denoise") if family in DENOISE_FAMILIES else ("derain",)
     return factory
 
 
@@ -110,6 +136,11 @@ def _auto(weights, profile, data_root):
     from models.autoexit import AutoExit, calibrate
     from models.train import PatchSampler, training_images
 
+    from models.train import parse_denoise_tag
+
+    if parse_denoise_tag(weights) is not None:
+        raise ValueError(f"resguidenet_auto calibrates its exit on rainy patches; it has no denoising weights "
+                         f"({weights}): use resguidenet")
     full, info = _factory("resguidenet", "resguidenet")(weights, profile, data_root)
     net = full.net
     if weights == "init":

@@ -1,14 +1,21 @@
-"""A generic, resumable training loop for the deraining models of the suite.
+"""A generic, resumable training loop for the deraining and denoising models of the suite.
 
 * :class:`PatchSampler` cuts random patches from clean images and synthesises rain on
   them with :mod:`datasets.rain`; the batch of a step depends only on (seed, step).
-* :func:`train` runs RMSprop on the ResGuideNet loss (:mod:`models.losses`),
-  checkpoints atomically, resumes from its checkpoint bit for bit, and stops with
-  :class:`TrainingDiverged` on a non-finite loss without touching the last good
-  checkpoint.
+* :class:`NoisyPatchSampler` does the same for denoising (Table 5): clean patches plus
+  Gaussian noise of level sigma, added in float like the test sets of :mod:`datasets.noisy`.
+* :func:`train` runs the configured optimiser on the configured loss: RMSprop on the
+  ResGuideNet loss (:mod:`models.losses`) by default, or DnCNN's recipe (Adam on
+  :func:`dncnn_loss`). It checkpoints atomically, resumes from its checkpoint bit for bit,
+  and stops with :class:`TrainingDiverged` on a non-finite loss without touching the last
+  good checkpoint.
 * :func:`save_weights` / :func:`load_weights` handle the small shipping files.
 * :func:`training_images` picks the clean training images: BSDS500 train+val minus the
   Rain100 backgrounds (plus Kodak24) from a data root, else the embedded train split.
+  :func:`denoise_training_images` picks those of the denoising models: all 300 images of
+  BSDS500 train+val, as the paper trains.
+* Denoising weights are tagged ``denoise-s<SIGMA>`` (grey) and ``denoise-color-s<SIGMA>``
+  (colour): :func:`denoise_tag`, :func:`parse_denoise_tag`.
 """
 from __future__ import annotations
 
@@ -22,11 +29,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import re
+
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from datasets.noisy import add_noise, to_grey
 from datasets.rain import add_rain, validate
 from models.losses import resguide_loss
 from models.registry import first_mismatch
@@ -34,11 +44,16 @@ from models.registry import first_mismatch
 __all__ = [
     "TrainConfig",
     "PatchSampler",
+    "NoisyPatchSampler",
     "TrainingDiverged",
     "train",
     "save_weights",
     "load_weights",
     "training_images",
+    "denoise_training_images",
+    "denoise_tag",
+    "parse_denoise_tag",
+    "dncnn_loss",
     "HISTORY_EVERY",
 ]
 
@@ -50,17 +65,36 @@ HISTORY_EVERY = 10
 _RESUMABLE_CHANGES = {"iterations", "ckpt_every"}
 
 
+#: Optimisers and losses a TrainConfig may name.
+OPTIMIZERS = ("rmsprop", "adam")
+LOSSES = ("resguide", "dncnn")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run. Every field except ``iterations`` and ``ckpt_every`` must match a
+    checkpoint to resume it (a run with another task, sigma or recipe is another run).
+
+    ``task`` "derain" trains on rainy/clean pairs (``rain`` preset); "denoise" on noisy/clean
+    pairs with Gaussian noise of level ``sigma`` (0-255 scale) and ``channels`` 1 (grey) or 3.
+    ``optimizer``/``loss``: "rmsprop"/"resguide" is ResGuideNet's recipe (paper section 4.1,
+    Eq. 2 with ``lam`` and ``use_ssim``); "adam"/"dncnn" is DnCNN's (:func:`dncnn_loss`).
+    """
+
     iterations: int
     batch: int = 16
     patch: int = 128
     lr: float = 1e-3
     seed: int = 0
-    rain: str = "light"  # a datasets.rain preset
+    rain: str = "light"  # a datasets.rain preset ("none" for denoising)
     lam: float = 1.0
     use_ssim: bool = True
     ckpt_every: int = 100
+    task: str = "derain"
+    sigma: int = 0
+    channels: int = 3
+    optimizer: str = "rmsprop"
+    loss: str = "resguide"
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -69,6 +103,34 @@ class TrainConfig:
             raise ValueError("batch, patch and ckpt_every must be positive")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.task not in ("derain", "denoise"):
+            raise ValueError(f"task must be derain or denoise, got {self.task!r}")
+        if self.task == "denoise" and not (isinstance(self.sigma, int) and 1 <= self.sigma <= 255):
+            raise ValueError(f"a denoising run needs an integer sigma in 1..255 (0-255 scale), got {self.sigma!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+
+
+_DENOISE_TAG = re.compile(r"^denoise(?P<color>-color)?-s(?P<sigma>[0-9]+)$")
+
+
+def denoise_tag(sigma: int, colour: bool) -> str:
+    """The weights tag of a denoiser: ``denoise-s30`` (grey) or ``denoise-color-s30`` (colour)."""
+    return f"denoise{'-color' if colour else ''}-s{int(sigma)}"
+
+
+def parse_denoise_tag(tag) -> tuple[int, bool] | None:
+    """``"denoise-s30"`` -> ``(30, False)``, ``"denoise-color-s70"`` -> ``(70, True)``; None for any
+    other string (a rain tag, a path). Only the canonical spelling is a tag, so that one model has
+    one weights file."""
+    m = _DENOISE_TAG.match(str(tag)) if tag is not None else None
+    if m is None:
+        return None
+    return int(m["sigma"]), bool(m["color"])
 
 
 # --------------------------------------------------------------------------
@@ -184,6 +246,79 @@ class PairedPatchSampler:
         return rainy, clean
 
 
+#: Third seed word of the per-patch noise generators; the batch generator's seed [seed, step] is
+#: padded with zeros by numpy's SeedSequence, so [seed, step, 1, i] never repeats it.
+_NOISE_STREAM = 1
+
+
+class NoisyPatchSampler:
+    """Random noisy/clean patch pairs for denoising (Table 5), from clean uint8 images.
+
+    A clean patch is cut at a random place (with a random horizontal flip, as
+    :class:`PatchSampler` does) and noise is added with :func:`datasets.noisy.add_noise`:
+    ``clean / 255 + sigma / 255 * N(0, 1)`` in float32, neither rounded nor clipped, the
+    convention of the test sets. ``channels=1`` converts every image to grey once with
+    :func:`datasets.noisy.to_grey` (PIL's "L", the conversion of the grayscale test sets);
+    ``channels=3`` keeps RGB. ``batch(n, step)`` returns float32 n x C x P x P tensors
+    (noisy, clean), a pure function of (seed, step): the crops come from a generator seeded
+    with (seed, step) and each patch's noise from one seeded with (seed, step, patch).
+    """
+
+    def __init__(self, images: Sequence[np.ndarray], sigma: int, patch: int, seed: int, channels: int = 1):
+        if not images:
+            raise ValueError("NoisyPatchSampler: no images")
+        if not 0 < sigma <= 255:
+            raise ValueError(f"NoisyPatchSampler: sigma must be in (0, 255] (0-255 scale), got {sigma}")
+        if patch < 1 or seed < 0:
+            raise ValueError(f"NoisyPatchSampler: need patch >= 1 and seed >= 0, got patch={patch}, seed={seed}")
+        if channels not in (1, 3):
+            raise ValueError(f"NoisyPatchSampler: channels must be 1 (grey) or 3 (colour), got {channels}")
+        checked = []
+        for i, img in enumerate(images):
+            img = np.asarray(img)
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in ((1, 3) if channels == 1 else (3,)):
+                raise ValueError(f"NoisyPatchSampler: image {i} must be uint8 HxWx3, got {img.dtype} {img.shape}")
+            h, w = img.shape[:2]
+            if h < patch or w < patch:
+                raise ValueError(f"NoisyPatchSampler: image {i} is {h}x{w} (HxW), smaller than the "
+                                 f"{patch}x{patch} patch")
+            checked.append(to_grey(img) if channels == 1 else img)
+        self.images = checked
+        self.sigma = sigma
+        self.patch = int(patch)
+        self.seed = int(seed)
+        self.channels = int(channels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy, clean): float32 n x C x P x P tensors; clean in [0, 1], noisy unclipped."""
+        noisy, clean = self.arrays(n, step)
+        return _to_tensor(noisy), _to_tensor(clean)
+
+    def arrays(self, n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(noisy float32, clean uint8): n x P x P x C arrays for this step (what ``batch`` converts)."""
+        if n < 1 or step < 0:
+            raise ValueError(f"NoisyPatchSampler.batch: need n >= 1 and step >= 0, got n={n}, step={step}")
+        p, c = self.patch, self.channels
+        rng = np.random.default_rng([self.seed, int(step)])
+        noisy = np.empty((n, p, p, c), dtype=np.float32)
+        clean = np.empty((n, p, p, c), dtype=np.uint8)
+        for i in range(n):
+            img = self.images[int(rng.integers(len(self.images)))]
+            h, w = img.shape[:2]
+            y = int(rng.integers(h - p + 1))
+            x = int(rng.integers(w - p + 1))
+            crop = img[y : y + p, x : x + p]
+            if bool(rng.random() < 0.5):
+                crop = crop[:, ::-1]
+            clean[i] = crop
+            noisy[i] = add_noise(clean[i], self.sigma,
+                                 np.random.default_rng([self.seed, int(step), _NOISE_STREAM, i]))
+        return noisy, clean
+
+
 #: Folder names of real paired training sets per rain type, searched under the data root.
 REAL_TRAINING_SETS = {
     "light": ("RainTrainL", "Rain100L_train", "train_Rain100L"),
@@ -207,7 +342,10 @@ def real_training_pairs(data_root: Path | None, rain: str):
 
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    """n x H x W x C -> float32 n x C x H x W: uint8 scaled to [0, 1], float (noisy images) as is."""
+    if batch.dtype == np.uint8:
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return torch.from_numpy(np.asarray(batch, dtype=np.float32)).permute(0, 3, 1, 2).contiguous()
 
 
 # The sampler that forked prefetch workers read (set in the parent just before the fork).
@@ -359,10 +497,33 @@ def _summary(iteration: int, seconds: float, final_loss: float | None, history: 
     }
 
 
+def dncnn_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """DnCNN's loss (Zhang et al. TIP 2017, Eq. 1): ``1/(2N) sum_i ||R(y_i) - (y_i - x_i)||_F^2``
+    over the N patches of the batch, with R the predicted noise. The model outputs
+    ``y - R(y)``, so ``R(y) - (y - x) = x - output``: half the squared error of the (last)
+    output summed over each patch's pixels, averaged over the patches."""
+    out = outputs[-1] if not isinstance(outputs, torch.Tensor) else outputs
+    if out.shape != target.shape:
+        raise ValueError(f"dncnn_loss: prediction {tuple(out.shape)} vs target {tuple(target.shape)}")
+    return 0.5 * (out - target.to(out.dtype)).pow(2).sum() / out.shape[0]
+
+
+def _loss(cfg: TrainConfig, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    if cfg.loss == "dncnn":
+        return dncnn_loss(outputs, target)
+    return resguide_loss(outputs, target, lam=cfg.lam, use_ssim=cfg.use_ssim)
+
+
+def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":  # DnCNN's released training code: Adam, lr 1e-3
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.RMSprop(params, lr=cfg.lr)  # ResGuideNet, section 4.1
+
+
 def train(
     net: torch.nn.Module,
     outputs_fn: Callable[[torch.nn.Module, torch.Tensor], Sequence[torch.Tensor]],
-    sampler: PatchSampler,
+    sampler: PatchSampler | NoisyPatchSampler,
     cfg: TrainConfig,
     ckpt_path: Path,
     progress: bool = True,
@@ -371,8 +532,10 @@ def train(
     workers: int = 0,
     max_seconds: float | None = None,
 ) -> dict:
-    """Train ``net`` for cfg.iterations RMSprop steps, resuming from ``ckpt_path`` if it exists.
+    """Train ``net`` for cfg.iterations steps, resuming from ``ckpt_path`` if it exists.
 
+    The optimiser and loss come from ``cfg`` (RMSprop on the ResGuideNet loss by default).
+    ``sampler.batch(n, step)`` gives (degraded, clean) batches: rainy or noisy inputs.
     outputs_fn(net, rainy) returns the outputs to supervise (e.g. ``net.forward_all``).
     ``log`` is None, a callable taking a string, or a logging.Logger.
     ``device`` runs the steps there (the net is back on the CPU on return); ``workers``
@@ -386,7 +549,7 @@ def train(
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     net.to(device)
-    optimizer = torch.optim.RMSprop(net.parameters(), lr=cfg.lr)
+    optimizer = _optimizer(cfg, net.parameters())
 
     iteration = 0
     seconds = 0.0
@@ -428,7 +591,7 @@ def train(
             rainy = rainy.to(device, non_blocking=True)
             clean = clean.to(device, non_blocking=True)
             outputs = outputs_fn(net, rainy)
-            loss = resguide_loss(outputs, clean, lam=cfg.lam, use_ssim=cfg.use_ssim)
+            loss = _loss(cfg, outputs, clean)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(
@@ -569,9 +732,40 @@ def training_images(data_root: Path | None, size: int | None = None) -> tuple[li
                 images.extend(_read_rgb(f) for f in pngs)
                 desc += f" + Kodak24 ({len(pngs)} images)"
             return images, f"{desc} from {root}, native resolution"
+    return _embedded_training_images(data_root, size)
+
+
+def _embedded_training_images(data_root: Path | None, size: int | None) -> tuple[list[np.ndarray], str]:
     from datasets.embedded import clean_images
 
     side = int(size or 256)
     pairs = clean_images("train", side)
     reason = "no data root" if data_root is None else f"no BSDS500/train and BSDS500/val under {data_root}"
     return [img for _, img in pairs], f"embedded train split ({len(pairs)} images, {side}x{side}; {reason})"
+
+
+def denoise_training_images(data_root: Path | None, size: int | None = None) -> tuple[list[np.ndarray], str]:
+    """Clean training images of the denoisers (uint8 HxWx3, RGB) and where they came from.
+
+    With ``data_root/BSDS500/train`` and ``.../val``: every JPEG of the two (200 + 100 = 300,
+    the paper's "train and val set of BSD500"), at native resolution. The Rain100 backgrounds
+    are not excluded: Table 5 is not scored on Rain100. Only those two folders are read: never
+    BSDS500/test (Table 5's test set), BSD68/CBSD68 (inside val, so never a test set for
+    these models), Train400 or Kodak24. Otherwise the embedded train split at ``size`` x
+    ``size`` (default 256), and the description says so.
+    """
+    if data_root is not None:
+        root = Path(data_root)
+        bsds = root / "BSDS500"
+        if (bsds / "train").is_dir() and (bsds / "val").is_dir():
+            images: list[np.ndarray] = []
+            counts = []
+            for split in ("train", "val"):
+                files = sorted(f for f in (bsds / split).iterdir() if f.suffix.lower() in _JPEG and f.is_file())
+                images.extend(_read_rgb(f) for f in files)
+                counts.append(len(files))
+            if not images:
+                raise FileNotFoundError(f"{bsds}/train and {bsds}/val hold no JPEG images")
+            return images, (f"BSDS500 train+val ({counts[0]} + {counts[1]} = {len(images)} images) from {root}, "
+                            "native resolution")
+    return _embedded_training_images(data_root, size)

@@ -40,13 +40,30 @@ def test_compare_reports_status_change_and_absent_data():
 
 def test_run_check_fails_on_a_planted_drift(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    from benchmark import check
+
+    computed = {}  # the smoke cells are computed once: the same cells serve all three runs
+
+    def once(data_root, progress=True, methods=None, detection=True):
+        if not computed:
+            computed.update(real_compute(data_root, progress, methods, detection))
+        return copy.deepcopy(computed)
+
+    real_compute = check.compute_smoke
+    monkeypatch.setattr(check, "compute_smoke", once)
     ref = tmp_path / "smoke.json"
     assert run_check(reference_path=ref, update=True, progress=False) == 0
     assert run_check(reference_path=ref, progress=False) == 0
     doc = json.loads(ref.read_text())
     doc["cells"]["identity@default__embedded-heavy"]["metrics"]["psnr_y"] += 0.5
+    # the gate also holds the detection study's cells (shipped detector, embedded road scenes)
+    det = "det__fasterrcnn_tiny_fpn__resguidenet@heavy__roads__heavy"
+    assert doc["cells"][det]["status"] == "ok"
+    assert {"ap40_moderate", "coco_ap50"} <= set(doc["cells"][det]["metrics"])
+    doc["cells"][det]["metrics"]["ap40_moderate"] += 0.02
     ref.write_text(json.dumps(doc))
     capsys.readouterr()
     assert run_check(reference_path=ref, progress=False) == 1
     out = capsys.readouterr().out
     assert "check FAILED" in out and "identity@default__embedded-heavy: psnr_y" in out
+    assert f"{det}: ap40_moderate" in out and "tolerance 0.01" in out

@@ -57,7 +57,24 @@ def test_builds_without_download_and_meets_contract(no_download, one_thread, sce
     kitti_car_ap([scenes[0][2], scenes[1][2]], [det.to_objects(o) for o in out])  # feeds the evaluator
 
 
-def test_resnet_builds_without_download(no_download, one_thread):
+def test_tiny_backbone_strides_and_size(one_thread):
+    from detectors.torchvision_det import TINY_FPN_CHANNELS, TinyBackbone
+
+    feats = TinyBackbone()(torch.zeros(1, 3, 64, 192))
+    assert list(feats) == ["0", "1", "2"]
+    assert [tuple(f.shape[2:]) for f in feats.values()] == [(8, 24), (4, 12), (2, 6)]  # strides 8, 16, 32
+    assert all(f.shape[1] == TINY_FPN_CHANNELS for f in feats.values())
+    det = build_detector("fasterrcnn_tiny_fpn", **TINY)
+    assert det.model.rpn.head.cls_logits.out_channels == 6  # 2 sizes x 3 aspect ratios per level
+    assert sum(p.numel() for p in det.model.parameters()) < 2_000_000
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        from detectors.torchvision_det import fasterrcnn_tiny_fpn
+        fasterrcnn_tiny_fpn(weights="DEFAULT")
+
+
+def test_mobilenet_and_resnet_build_without_download(no_download, one_thread):
+    assert build_detector("fasterrcnn_mobilenet_v3_large_fpn", **TINY).model.roi_heads.box_predictor \
+        .cls_score.out_features == 2
     assert "fasterrcnn_resnet50_fpn" in DETECTORS
     det = build_detector("fasterrcnn_resnet50_fpn", **TINY)
     assert det.model.roi_heads.box_predictor.cls_score.out_features == 2

@@ -51,12 +51,12 @@ def test_detect_cli_contract_then_reuse(tmp_path, tiny_ckpt, capsys, one_thread)
     line = _last_json(capsys)
     for key in CONTRACT:
         assert key in line, key
-    assert line["status"] == "ok" and line["n_images"] == 6 and line["n_objects"] > 0
+    assert line["status"] == "ok" and line["n_images"] == 12 and line["n_objects"] > 0
     assert 0 <= line["ap40_moderate"] <= 1 and len(line["coco_ap50_ci"]) == 2
     path = tmp_path / "cells" / "smoke" / "detection" / f"{line['id']}.json"
-    assert line["id"] == "det__fasterrcnn_mobilenet_v3_large_fpn__none__roads__heavy" and path.is_file()
+    assert line["id"] == "det__fasterrcnn_tiny_fpn__none__roads__heavy" and path.is_file()
     cell = json.loads(path.read_text())
-    assert cell["detector_size"] == [64, 192] and len(cell["per_image"]) == 6
+    assert cell["detector_size"] == [64, 192] and len(cell["per_image"]) == 12
     assert set(cell["seconds"]) == {"derain", "detect"}
 
     stats = {}
@@ -69,7 +69,7 @@ def test_detect_cli_contract_then_reuse(tmp_path, tiny_ckpt, capsys, one_thread)
 def test_missing_detector_is_a_skipped_cell_naming_the_train_command(tmp_path, no_weights, capsys):
     cell = study.detect_cell("none", "roads", "light", profile="smoke", results=tmp_path)
     assert cell["status"] == "skipped" and cell["skip_reason"] == "detector"
-    assert "python -m benchmark.run train-detector --detector fasterrcnn_mobilenet_v3_large_fpn --profile smoke" \
+    assert "python -m benchmark.run train-detector --detector fasterrcnn_tiny_fpn --profile quick" \
         in cell["error"]
     assert main(["detect", "none", "roads", "--profile", "smoke", "--results", str(tmp_path), "--no-progress"]) == 2
     assert "train-detector" in capsys.readouterr().err
@@ -103,24 +103,145 @@ def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     monkeypatch.delenv("RESGUIDE_DATA", raising=False)
     paths = study.ap_table("smoke", None, detector_weights=tiny_ckpt, results=tmp_path, datasets=("roads",),
                            rains=("light",), derainers=(("identity", None), ("prenet", "official")))
-    assert sorted(p.name for p in paths) == ["ap.csv", "ap.md", "ap.tex"]
-    assert all(p.parent == tmp_path / "tables" / "smoke" for p in paths)
+    assert sorted(p.name for p in paths) == ["ap.csv", "ap.md", "ap.tex", "ap_runtime.png"]
+    assert all(p.parent == tmp_path / "tables" / "smoke" for p in paths if p.suffix != ".png")
+    assert (tmp_path / "figures" / "smoke" / "ap_runtime.png").is_file()
+    fig = (tmp_path / "figures" / "smoke" / "ap_runtime.csv").read_text().splitlines()
+    assert len(fig) == 4 and fig[0].startswith("dataset,rain,row,method,ap40_moderate")
     md = (tmp_path / "tables" / "smoke" / "ap.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and "Frames" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| clean (no rain)", "| rainy", "| rainy + Rainy images"]
-    assert "Note: detector fasterrcnn_mobilenet_v3_large_fpn" in md and "tiny.pt" in md
+    assert "Note: detector fasterrcnn_tiny_fpn" in md and "tiny.pt" in md
     assert "not beyond the bootstrap noise" in md  # identity "derains" to exactly the rainy input
     assert "Not shown: prenet (skipped" in md
     csv = (tmp_path / "tables" / "smoke" / "ap.csv").read_text().splitlines()
     assert len(csv) == 4 and csv[0].startswith("dataset,rain,row,method")
     assert r"\begin{tabular}" in (tmp_path / "tables" / "smoke" / "ap.tex").read_text()
 
+    # re-rendering from the stored cells computes nothing and writes the same table
+    before = md
+    assert study.ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
+                          derainers=(("identity", None),), compute=False)[0][3][0]["status"] == "ok"
+    study.ap_table("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
+                   derainers=(("identity", None), ("prenet", "official")), compute=False)
+    assert (tmp_path / "tables" / "smoke" / "ap.md").read_text() == before
+    missing = study.ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("heavy",),
+                             derainers=(), compute=False)[0][3]
+    assert [c["status"] for c in missing] == ["ok", "missing"]  # the clean cell is shared by both rains
+    assert "table ap" in missing[1]["error"]
+
 
 def test_table_ap_cli_without_detector(tmp_path, no_weights, capsys):
     assert main(["table", "ap", "--profile", "smoke", "--results", str(tmp_path), "--no-progress",
                  "--dry-run"]) == 0
-    assert "det__fasterrcnn_mobilenet_v3_large_fpn__none__roads__light: missing" in capsys.readouterr().out
+    assert "det__fasterrcnn_tiny_fpn__none__roads__light: missing" in capsys.readouterr().out
     assert main(["table", "ap", "--profile", "smoke", "--results", str(tmp_path), "--no-progress"]) == 0
     md = (tmp_path / "tables" / "smoke" / "ap.md").read_text()
-    assert "## roads, light rain" in md and "Not computed" in md and "train-detector" in md
-    assert "## KITTI, heavy rain" in md and "RESGUIDE_DATA" in md
+    assert "**roads, light rain**" in md and "Not computed" in md and "train-detector" in md
+    assert "**KITTI, heavy rain**" in md and "RESGUIDE_DATA" in md
+
+
+def _coco_folder(tmp_path, boxes):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir(parents=True)
+    images, anns = [], []
+    for k in range(2):
+        Image.new("RGB", (120, 40), (90, 90, 90)).save(tmp_path / "images" / f"f{k}.png")
+        images.append({"id": k + 1, "file_name": f"f{k}.png", "width": 120, "height": 40})
+    for n, (image_id, cat, box, crowd) in enumerate(boxes):
+        anns.append({"id": n + 1, "image_id": image_id, "category_id": cat, "bbox": box, "iscrowd": crowd,
+                     "area": 1.0})
+    data = {"images": images, "annotations": anns,
+            "categories": [{"id": 3, "name": "car"}, {"id": 8, "name": "truck"}, {"id": 9, "name": "van"}]}
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_coco_json_labels_and_detect(tmp_path, tiny_ckpt, capsys, one_thread):
+    from detectors.coco_eval import read_coco_labels
+
+    path = _coco_folder(tmp_path / "real", [(1, 3, [10, 5, 30, 28], 0), (1, 8, [50, 5, 20, 20], 0),
+                                            (2, 9, [0, 0, 10, 10], 0), (2, 3, [60, 0, 40, 40], 1)])
+    ids, paths, labels = read_coco_labels(path)
+    assert ids == ["f0", "f1"] and paths[0] == tmp_path / "real" / "images" / "f0.png"
+    assert [o.type for o in labels[0]] == ["Car", "Truck"] and labels[0][0].bbox == (10.0, 5.0, 40.0, 33.0)
+    assert [o.type for o in labels[1]] == ["Van", "DontCare"]
+    assert main(["detect", "none", str(path), "--rain", "none", "--profile", "smoke", "--detector-weights",
+                 str(tiny_ckpt), "--results", str(tmp_path / "results"), "--no-progress"]) == 0
+    line = _last_json(capsys)
+    assert line["status"] == "ok" and line["n_images"] == 2 and line["n_objects"] == 1
+
+
+def test_coco_json_errors_name_the_file_and_entry(tmp_path):
+    from detectors.coco_eval import read_coco_labels
+
+    bad = _coco_folder(tmp_path / "a", [(1, 3, [10, 5, -3, 28], 0)])
+    with pytest.raises(ValueError, match=r"labels\.json: annotation 1 of image 1: bbox"):
+        read_coco_labels(bad)
+    gone = _coco_folder(tmp_path / "b", [])
+    (tmp_path / "b" / "images" / "f1.png").unlink()
+    with pytest.raises(ValueError, match=r"labels\.json: image 2 file f1\.png not found"):
+        read_coco_labels(gone)
+    with pytest.raises(ValueError, match="do not exist"):
+        read_coco_labels(tmp_path / "nope.json")
+
+
+def test_fine_tune_on_a_kitti_folder_from_a_foreign_checkpoint(tmp_path, one_thread):
+    import torch
+    from PIL import Image
+
+    from datasets.roads import road_scenes
+    from detectors.kitti import write_labels
+    from detectors.torchvision_det import build_detector
+
+    folder = tmp_path / "clean_train"
+    (folder / "image_2").mkdir(parents=True)
+    (folder / "label_2").mkdir()
+    for k, (_, image, objects) in enumerate(road_scenes("train", 3, size=(64, 192), seed=1)):
+        Image.fromarray(image).save(folder / "image_2" / f"{k:06d}.png")
+        write_labels(folder / "label_2" / f"{k:06d}.txt", objects)
+    torch.manual_seed(0)
+    foreign = tmp_path / "coco_like.pth"  # 3 classes: its box predictor cannot fit ours
+    torch.save(build_detector(num_classes=3, min_size=64, max_size=192).model.state_dict(), foreign)
+    out = tmp_path / "ft.pt"
+    res = study.train_detector_cmd(profile="smoke", train_data=folder, init=foreign, min_size=64, max_size=192,
+                                   iterations=2, out_path=out, progress=False)
+    assert res["complete"] and res["weights"] == str(out) and out.is_file()
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["training_data"]["n"] == 3 and record["min_size"] == 64 and record["iterations"] == 2
+    assert "roi_heads.box_predictor.cls_score.weight" in record["init"]["left_at_init"]
+    assert record["init"]["loaded"] > 50
+    det = build_detector(checkpoint=out, min_size=64, max_size=192)  # frozen batch norms load back
+    trained = torch.load(out, weights_only=True)["state_dict"]
+    assert torch.equal(det.model.state_dict()["backbone.c3.0.weight"], trained["backbone.c3.0.weight"])
+    # the frozen batch norms kept the init's statistics
+    init_state = torch.load(foreign, weights_only=True)
+    assert torch.equal(trained["backbone.c3.1.running_mean"], init_state["backbone.c3.1.running_mean"])
+    with pytest.raises(ValueError, match="image_2"):
+        study.train_detector_cmd(profile="smoke", train_data=tmp_path, iterations=1, progress=False)
+
+
+@pytest.mark.parametrize("derained", ["resguidenet@results-weights-resguidenet-heavy-paper.ckpt",
+                                      "resguidenet_3@heavy"])
+def test_committed_study_shows_the_papers_ordering(derained):
+    """The committed quick cells, embedded road scenes, heavy rain: AP(clean) > AP(derained by
+    ResGuideNet) > AP(rainy), the gain over rainy beyond the paired bootstrap noise."""
+    from pathlib import Path
+
+    from detectors.bootstrap import paired_bootstrap_ci
+
+    root = Path(__file__).resolve().parent.parent / "results" / "cells" / "quick" / "detection"
+
+    def load(name):
+        return json.loads((root / f"det__fasterrcnn_tiny_fpn__{name}.json").read_text())
+
+    clean, rainy, cell = load("none__roads__none"), load("none__roads__heavy"), load(f"{derained}__roads__heavy")
+    assert all(c["status"] == "ok" and c["n_objects"] > 100 for c in (clean, rainy, cell))
+    ap = [c["metrics"]["ap40_moderate"] for c in (clean, cell, rainy)]
+    assert ap[0] > ap[1] > ap[2], ap
+    gts, rainy_dets = study.cell_detections(rainy)
+    _, dets = study.cell_detections(cell)
+    lo, hi = paired_bootstrap_ci(study._ap40m, gts, rainy_dets, dets, n=100, seed=0)
+    assert lo > 0, (lo, hi)
