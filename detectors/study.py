@@ -785,17 +785,38 @@ def ap_table(profile: str = "quick", data_root: Path | None = None, detector: st
     prof, _ = _profile(profile)
     sections = ap_cells(prof.name, data_root, detector, detector_weights, results, force, progress, train_missing,
                         datasets, rains, derainers, stats, compute)
-    paths = write_ap_table(sections, prof.name, output_dir(Path(results), "tables", prof.name))
+    paths = write_ap_table(sections, prof.name, output_dir(Path(results), "tables", prof.name),
+                           gains_cache=_det_store(results, prof.name).root / GAINS_FILE)
     paths.append(draw_ap_runtime(sections, prof.name, output_dir(Path(results), "figures", prof.name)))
     return paths
 
 
-def write_ap_table(sections, profile: str, out_dir: Path) -> list[Path]:
-    """``ap.{md,csv,tex}`` in ``out_dir`` from :func:`ap_cells`' sections."""
+#: Paired bootstrap intervals of the gains, keyed by the two cells' fingerprints (beside the cells):
+#: re-rendering the table from stored cells then recomputes none of them.
+GAINS_FILE = "gains.json"
+
+
+def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | None = None) -> list[Path]:
+    """``ap.{md,csv,tex}`` in ``out_dir`` from :func:`ap_cells`' sections; the gains' paired
+    intervals are read from / added to ``gains_cache`` (a JSON file) when given."""
     from benchmark.cells import atomic_write_text
     from detectors.bootstrap import paired_bootstrap_ci
 
     prof, det_prof = _profile(profile)
+    cache: dict = {}
+    if gains_cache is not None and Path(gains_cache).is_file():
+        try:
+            cache = dict(json.loads(Path(gains_cache).read_text()))
+        except (ValueError, TypeError):
+            cache = {}  # unreadable: recomputed and rewritten below
+    n_cached = len(cache)
+
+    def interval(rainy_cell, cell, gts, rainy_dets, dets):
+        key = f"{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|{det_prof['n_boot']}|{prof.seed}"
+        if key not in cache:
+            cache[key] = list(paired_bootstrap_ci(_ap40m, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed))
+        return cache[key]
+
     md, tex = [f"### Car AP on clean, rainy and derained frames (section 5.2), profile {prof.name}", ""], []
     csv_lines = ["dataset,rain,row,method,derainer_weights,ap40_moderate,ap40_moderate_lo,ap40_moderate_hi,"
                  "ap11_moderate,coco_ap,coco_ap50,coco_ap50_lo,coco_ap50_hi,gain_ap40_moderate,gain_lo,gain_hi,"
@@ -822,7 +843,7 @@ def write_ap_table(sections, profile: str, out_dir: Path) -> list[Path]:
                 _, dets = cell_detections(cell)
                 if len(dets) == len(rainy_dets):
                     gain = m["ap40_moderate"] - base_rainy["metrics"]["ap40_moderate"]
-                    glo, ghi = paired_bootstrap_ci(_ap40m, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed)
+                    glo, ghi = interval(base_rainy, cell, gts, rainy_dets, dets)
                     beyond = "yes" if (glo > 0 or ghi < 0) else "no"
                     notes.append(f"{_row_name(row)}: gain {gain:+.3f} AP40-moderate, paired interval "
                                  f"[{glo:+.3f}, {ghi:+.3f}] "
@@ -855,6 +876,8 @@ def write_ap_table(sections, profile: str, out_dir: Path) -> list[Path]:
                 " & ".join(esc(h) for h in header) + r" \\", r"\hline"]
         tex += [" & ".join(esc(x) for x in v) + r" \\" for v in body]
         tex += [r"\hline", r"\end{tabular}", "% " + note.replace("\n", " "), ""]
+    if gains_cache is not None and len(cache) != n_cached:
+        atomic_write_text(Path(gains_cache), json.dumps(cache, indent=1, sort_keys=True) + "\n")
     paths = []
     for ext, text in (("md", "\n".join(md)), ("csv", "\n".join(csv_lines)), ("tex", "\n".join(tex))):
         p = Path(out_dir) / f"ap.{ext}"

@@ -118,7 +118,10 @@ def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     assert len(csv) == 4 and csv[0].startswith("dataset,rain,row,method")
     assert r"\begin{tabular}" in (tmp_path / "tables" / "smoke" / "ap.tex").read_text()
 
-    # re-rendering from the stored cells computes nothing and writes the same table
+    # re-rendering from the stored cells computes nothing and writes the same table; the gains'
+    # paired intervals come from the cache beside the cells
+    gains = json.loads((tmp_path / "cells" / "smoke" / "detection" / "gains.json").read_text())
+    assert len(gains) == 1 and all(len(v) == 2 for v in gains.values())
     before = md
     assert study.ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
                           derainers=(("identity", None),), compute=False)[0][3][0]["status"] == "ok"
