@@ -26,6 +26,7 @@ larger limits for real KITTI.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,8 +70,6 @@ class TinyBackbone(nn.Module):
     """
 
     def __init__(self, widths: Sequence[int] = TINY_WIDTHS, out_channels: int = TINY_FPN_CHANNELS) -> None:
-        from collections import OrderedDict
-
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
         super().__init__()
@@ -89,13 +88,12 @@ class TinyBackbone(nn.Module):
         self.c5 = stage(w[3], w[4], 2)  # stride 32
         self.fpn = FeaturePyramidNetwork([w[2], w[3], w[4]], out_channels)
         self.out_channels = out_channels
-        self._ordered = OrderedDict
 
     def forward(self, x: torch.Tensor):
         c3 = self.c3(self.stem(x))
         c4 = self.c4(c3)
         c5 = self.c5(c4)
-        return self.fpn(self._ordered([("0", c3), ("1", c4), ("2", c5)]))
+        return self.fpn(OrderedDict([("0", c3), ("1", c4), ("2", c5)]))
 
 
 def fasterrcnn_tiny_fpn(weights=None, weights_backbone=None, num_classes: int = 2, **kwargs: Any):
