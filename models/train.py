@@ -19,9 +19,8 @@
 """
 from __future__ import annotations
 
-import collections
+import itertools
 import math
-import multiprocessing
 import os
 import tempfile
 import time
@@ -348,55 +347,59 @@ def _to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(batch, dtype=np.float32)).permute(0, 3, 1, 2).contiguous()
 
 
-# The sampler that forked prefetch workers read (set in the parent just before the fork).
-_WORKER_SAMPLER = None
+#: Seconds the trainer waits for one batch from its worker processes before it gives up with an
+#: error (a worker that died or hung must not stall a run, or a CI job, forever).
+WORKER_TIMEOUT_S = 600.0
 
 
-def _worker_arrays(n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
-    return _WORKER_SAMPLER.arrays(n, step)
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` is the (degraded, clean) array pair of step ``start + i``."""
+
+    def __init__(self, sampler, n: int, start: int):
+        self.sampler, self.n, self.start = sampler, n, start
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.sampler.arrays(self.n, self.start + int(i))
+
+
+def _as_is(item):
+    return item
 
 
 class Batches:
     """The batches of steps ``start, start+1, ...`` in order, made in ``workers`` forked processes.
 
     A step's batch is a pure function of (seed, step), so the stream is the same for any
-    number of workers (0 makes them in this process). At most ``2 * workers`` batches are
-    in flight, so memory stays bounded when the model is slower than the workers.
+    number of workers (0 makes them in this process). The workers are a torch DataLoader
+    (forked, two batches ahead each, so memory stays bounded when the model is slower than
+    them); a batch that does not arrive within ``timeout`` seconds, or a worker that dies,
+    raises RuntimeError instead of waiting forever.
     """
 
-    def __init__(self, sampler, n: int, start: int, workers: int = 0):
-        global _WORKER_SAMPLER
+    def __init__(self, sampler, n: int, start: int, workers: int = 0, timeout: float = WORKER_TIMEOUT_S):
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.sampler, self.n, self.next_step = sampler, int(n), int(start)
-        self.pool = None
-        self.pending: collections.deque = collections.deque()
+        self.stream = None
         if workers > 0 and hasattr(sampler, "arrays"):
-            _WORKER_SAMPLER = sampler
-            self.pool = multiprocessing.get_context("fork").Pool(workers)
-            self.depth = 2 * workers
-            self.queued = self.next_step
-            self._fill()
-
-    def _fill(self) -> None:
-        while len(self.pending) < self.depth:
-            self.pending.append(self.pool.apply_async(_worker_arrays, (self.n, self.queued)))
-            self.queued += 1
+            loader = torch.utils.data.DataLoader(
+                _StepBatches(sampler, self.n, self.next_step), batch_size=None, sampler=itertools.count(),
+                num_workers=workers, prefetch_factor=2, collate_fn=_as_is, timeout=timeout,
+                multiprocessing_context="fork")
+            self.stream = iter(loader)
 
     def get(self) -> tuple[torch.Tensor, torch.Tensor]:
         step = self.next_step
         self.next_step += 1
-        if self.pool is None:
+        if self.stream is None:
             return self.sampler.batch(self.n, step)
-        rainy, clean = self.pending.popleft().get()
-        self._fill()
+        rainy, clean = next(self.stream)
         return _to_tensor(rainy), _to_tensor(clean)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        if self.stream is not None:
+            self.stream._shutdown_workers()
+            self.stream = None
 
     def __enter__(self):
         return self

@@ -237,6 +237,28 @@ def test_worker_batches_equal_in_process_batches(sampler):
         mt.Batches(sampler, 3, start=0, workers=-1)
 
 
+class _SlowSampler:
+    """A sampler whose worker batches hang (sleep) or die (the process exits)."""
+
+    def __init__(self, how: str):
+        self.how = how
+
+    def arrays(self, n, step):
+        import os
+        import time
+
+        if self.how == "die":
+            os._exit(3)
+        time.sleep(30)
+
+
+@pytest.mark.parametrize("how, message", [("hang", "timed out"), ("die", "exited unexpectedly")])
+def test_a_hung_or_dead_worker_is_an_error_not_a_stall(how, message):
+    with mt.Batches(_SlowSampler(how), 2, start=0, workers=1, timeout=2) as batches:
+        with pytest.raises(RuntimeError, match=message):
+            batches.get()
+
+
 def test_time_limit_stops_with_checkpoint_and_resume_is_exact(sampler, tmp_path):
     full = _net(0)
     train(full, outputs, sampler, _cfg(), tmp_path / "full.pt", progress=False)
