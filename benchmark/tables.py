@@ -54,7 +54,7 @@ class TableSpec:
 _DERAIN_COLUMNS = (
     Column("identity", "Rainy images"),
     Column("gmm", "GMM"),
-    Column("ddn", "DDN"),
+    Column("ddn", "DDN", weights="{rain}"),
     Column("jorder", "JORDER"),
     Column("did_mdn", "DID-MDN"),
     Column("resguidenet_3", "ResGuideNet_3", weights="{rain}"),

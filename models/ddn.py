@@ -37,7 +37,16 @@ Weights
 -------
 ``weights`` is the path of the authors' TF1 checkpoint, as its prefix (``.../model``) or its
 ``.index`` file; it is read by ``models.tf_checkpoint`` without TensorFlow. ``"init"`` is the bare
-architecture. Training is not implemented here: ``None`` raises.
+architecture.
+
+Training here
+-------------
+``None`` or a rain tag (``light``, ``heavy``, ``ddn``) is DDN trained by the suite on its own rain
+synthesis (``python -m benchmark.run train ddn --rain light``), with the recipe of the authors'
+released training code (:func:`train_recipe`): Xavier-uniform kernels and zero biases
+(:func:`ddn_init_`), SGD with momentum 0.9 at learning rate 0.1, divided by 10 after a third and
+after two thirds of the iterations, on the mean squared error between output and clean patch;
+batch-norm layers in training mode.
 """
 from __future__ import annotations
 
@@ -201,18 +210,60 @@ def load_tf_checkpoint(net: DDN, path: str | Path) -> dict:
             "training_data": "authors' release (DDN's own rain data)"}
 
 
-@register("ddn", paper_name="DDN", description="deep detail network (Fu et al. CVPR 2017); authors' TF weights")
+# --------------------------------------------------------------------------- training here
+
+#: The authors' batch and patch size (CVPR17_training_code/training.py: 20 patches of 64 x 64).
+PAPER_BATCH, PAPER_PATCH = 20, 64
+
+
+def ddn_init_(net: DDN) -> DDN:
+    """The authors' initialisation: Xavier-uniform kernels (TF's glorot_uniform, the same fans as
+    torch's), zero biases; batch norm gamma 1, beta 0 (torch's defaults, as TF's)."""
+    for layer in net.layers:
+        nn.init.xavier_uniform_(layer.conv.weight)
+        nn.init.zeros_(layer.conv.bias)
+    return net
+
+
+def train_recipe(profile: str) -> dict:
+    """TrainConfig overrides for training DDN the authors' way (their released training code):
+    SGD, momentum 0.9, learning rate 0.1 divided by 10 after 1/3 and after 2/3 of the iterations
+    (20k and 40k of their 60k), mean squared error of the output. The paper profile uses their
+    20 patches of 64 x 64; the smaller profiles use the profile's batch and patch, like the other
+    suite-trained methods (the same budget). Their L2 regulariser (scale 1e-10) is built but never
+    added to their loss, so there is none here either."""
+    recipe = {"optimizer": "sgd", "lr": 0.1, "loss": "mse", "lr_drops": (1 / 3, 2 / 3)}
+    if profile == "paper":
+        recipe.update(batch=PAPER_BATCH, patch=PAPER_PATCH)
+    return recipe
+
+
+def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    return [net(x)]
+
+
+RAIN_TAGS = ("light", "heavy", "ddn")
+
+
+@register("ddn", paper_name="DDN",
+          description="deep detail network (Fu et al. CVPR 2017); trained here, or the authors' TF weights")
 def build_ddn(weights, profile, data_root):
     net = DDN()
     if weights == "init":
         return net, {"tag": "init"}
-    if weights is None:
-        raise WeightsUnavailable("ddn: the suite does not train DDN yet; pass --weights official (the authors' "
-                                 "checkpoint under the data root) or --weights PATH ('.../model' or "
-                                 "'.../model.index')")
+    if weights is None or weights in RAIN_TAGS:
+        from models import provider
+
+        return provider.trained("ddn", weights or "light", profile, lambda: ddn_init_(DDN()), _outputs, data_root,
+                                recipe=train_recipe(profile))
     if weights == "official":
         weights = official_weights("ddn", data_root)
     return net, load_tf_checkpoint(net, weights)
 
 
-__all__ = ["DDN", "guided_filter", "box_sum", "tf_names", "load_tf_checkpoint", "build_ddn", "PAPER_PARAMS"]
+build_ddn.family = "ddn"  # trained by the suite (`benchmark.run train ddn --rain R`)
+build_ddn.tasks = ("derain",)
+
+
+__all__ = ["DDN", "guided_filter", "box_sum", "tf_names", "load_tf_checkpoint", "build_ddn", "PAPER_PARAMS",
+           "ddn_init_", "train_recipe"]

@@ -65,8 +65,8 @@ _RESUMABLE_CHANGES = {"iterations", "ckpt_every"}
 
 
 #: Optimisers and losses a TrainConfig may name.
-OPTIMIZERS = ("rmsprop", "adam")
-LOSSES = ("resguide", "dncnn")
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+LOSSES = ("resguide", "dncnn", "mse")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,11 @@ class TrainConfig:
     ``task`` "derain" trains on rainy/clean pairs (``rain`` preset); "denoise" on noisy/clean
     pairs with Gaussian noise of level ``sigma`` (0-255 scale) and ``channels`` 1 (grey) or 3.
     ``optimizer``/``loss``: "rmsprop"/"resguide" is ResGuideNet's recipe (paper section 4.1,
-    Eq. 2 with ``lam`` and ``use_ssim``); "adam"/"dncnn" is DnCNN's (:func:`dncnn_loss`).
+    Eq. 2 with ``lam`` and ``use_ssim``); "adam"/"dncnn" is DnCNN's (:func:`dncnn_loss`);
+    "sgd"/"mse" is DDN's (SGD with momentum 0.9 on the mean squared error of the output).
+    ``lr_drops``: fractions of ``iterations`` after which the learning rate is multiplied by 0.1
+    (DDN: 1/3 and 2/3); the rate of a step is a function of the step alone, so a resumed run
+    follows the same schedule.
     """
 
     iterations: int
@@ -94,6 +98,7 @@ class TrainConfig:
     channels: int = 3
     optimizer: str = "rmsprop"
     loss: str = "resguide"
+    lr_drops: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -112,6 +117,13 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not all(0.0 < float(f) < 1.0 for f in self.lr_drops) or list(self.lr_drops) != sorted(self.lr_drops):
+            raise ValueError(f"lr_drops must be increasing fractions of the iterations in (0, 1), got {self.lr_drops!r}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of 1-based ``step``: ``lr`` times 0.1 per drop fraction it has passed."""
+        passed = sum(step > f * self.iterations for f in self.lr_drops)
+        return self.lr * 0.1 ** passed
 
 
 _DENOISE_TAG = re.compile(r"^denoise(?P<color>-color)?-s(?P<sigma>[0-9]+)$")
@@ -514,12 +526,17 @@ def dncnn_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.T
 def _loss(cfg: TrainConfig, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     if cfg.loss == "dncnn":
         return dncnn_loss(outputs, target)
+    if cfg.loss == "mse":  # DDN: mean squared error of the (last) output
+        out = outputs[-1] if not isinstance(outputs, torch.Tensor) else outputs
+        return torch.nn.functional.mse_loss(out, target.to(out.dtype))
     return resguide_loss(outputs, target, lam=cfg.lam, use_ssim=cfg.use_ssim)
 
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":  # DnCNN's released training code: Adam, lr 1e-3
         return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":  # DDN's released training code: momentum 0.9
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
     return torch.optim.RMSprop(params, lr=cfg.lr)  # ResGuideNet, section 4.1
 
 
@@ -559,7 +576,9 @@ def train(
     history: list[tuple[int, float]] = []
     final_loss: float | None = None
     if ckpt_path.exists():
-        ckpt = restore_checkpoint(ckpt_path, asdict(cfg), net, optimizer, _RESUMABLE_CHANGES)
+        # a schedule of learning-rate drops is laid over ``iterations``: another count is another run
+        resumable = _RESUMABLE_CHANGES - ({"iterations"} if cfg.lr_drops else set())
+        ckpt = restore_checkpoint(ckpt_path, asdict(cfg), net, optimizer, resumable)
         iteration = int(ckpt["iteration"])
         seconds = float(ckpt.get("seconds", 0.0))
         history = [(int(i), float(v)) for i, v in ckpt.get("loss_history", [])]
@@ -603,6 +622,9 @@ def train(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.lr_drops:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr_at(iteration + 1)
             optimizer.step()
             iteration += 1
             final_loss = value

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from datasets.embedded import clean_images
 from models import registry
 from models.ddn import DDN, PAPER_PARAMS, build_ddn, guided_filter, tf_names
 from models.tf_checkpoint import masked_crc32c, read_checkpoint, read_entries, snappy_decompress
@@ -183,13 +184,107 @@ def test_parameter_counts():
     assert PAPER_PARAMS == 58_175
 
 
-def test_no_weights_asks_for_a_path():
-    with pytest.raises(registry.WeightsUnavailable, match="--weights PATH"):
-        registry.load("ddn", None)
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """An empty weights folder and training cache, so nothing shipped or trained elsewhere is found."""
+    from models import provider
+
+    monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    return tmp_path
+
+
+def test_missing_weights_name_the_train_command_or_the_checkpoint(no_weights):
+    from models import provider
+
+    with provider.training_allowed(False):
+        with pytest.raises(registry.WeightsUnavailable, match="benchmark.run train ddn --rain heavy --profile quick"):
+            registry.load("ddn", "heavy")
     with pytest.raises(registry.WeightsUnavailable, match="data root"):
         registry.load("ddn", "official")
     with pytest.raises(FileNotFoundError):
         build_ddn("/nonexistent/model", "quick", None)
+
+
+# --------------------------------------------------------------------------- training here
+
+
+def test_recipe_and_its_learning_rate_schedule():
+    from models.ddn import train_recipe
+    from models.train import TrainConfig
+
+    recipe = train_recipe("quick")
+    assert recipe["optimizer"] == "sgd" and recipe["lr"] == 0.1 and recipe["loss"] == "mse"
+    assert "batch" not in recipe and train_recipe("paper")["batch"] == 20 and train_recipe("paper")["patch"] == 64
+    cfg = TrainConfig(iterations=9, **recipe)
+    assert [round(cfg.lr_at(s), 6) for s in range(1, 10)] == [0.1] * 3 + [0.01] * 3 + [0.001] * 3
+    assert TrainConfig(iterations=9).lr_at(9) == 1e-3  # no drops: constant
+    with pytest.raises(ValueError, match="lr_drops"):
+        TrainConfig(iterations=9, lr_drops=(0.7, 0.3))
+    with pytest.raises(ValueError, match="lr_drops"):
+        TrainConfig(iterations=9, lr_drops=(1.0,))
+
+
+def test_init_is_xavier_uniform_with_zero_biases():
+    from models.ddn import ddn_init_
+
+    torch.manual_seed(0)
+    net = ddn_init_(DDN())
+    for layer in net.layers:
+        w = layer.conv.weight
+        cout, cin, kh, kw = w.shape
+        bound = (6.0 / (kh * kw * (cin + cout))) ** 0.5
+        top = float(w.detach().abs().max())
+        assert 0.8 * bound < top <= bound
+        assert not layer.conv.bias.any()
+
+
+def test_training_follows_the_recipe_and_resumes_bit_exactly(tmp_path):
+    from models.ddn import _outputs, ddn_init_, train_recipe
+    from models.train import PatchSampler, TrainConfig, train
+
+    images = [img for _, img in clean_images("train", 48)]
+    sampler = PatchSampler(images, rain="heavy", patch=32, seed=0)
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return ddn_init_(DDN())
+
+    cfg = TrainConfig(iterations=6, batch=2, patch=32, rain="heavy", **train_recipe("quick"))
+    full = make(0)
+    r = train(full, _outputs, sampler, cfg, tmp_path / "full.pt", progress=False)
+    assert r["complete"] and np.isfinite(r["final_loss"])
+    saved = torch.load(tmp_path / "full.pt", weights_only=True)
+    group = saved["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.9 and group["lr"] == pytest.approx(0.001)  # step 6 of 6: after both drops
+
+    part = make(0)
+    r1 = train(part, _outputs, sampler, cfg, tmp_path / "part.pt", progress=False, max_seconds=0.0)
+    assert r1["iterations"] == 1 and not r1["complete"]
+    resumed = make(99)
+    r2 = train(resumed, _outputs, sampler, cfg, tmp_path / "part.pt", progress=False)
+    assert r2["final_loss"] == r["final_loss"]
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    # the drops are laid over the iteration count, so another count is another run
+    with pytest.raises(ValueError, match="iterations: checkpoint 6 vs now 9"):
+        train(make(0), _outputs, sampler, TrainConfig(**{**cfg.__dict__, "iterations": 9}), tmp_path / "part.pt",
+              progress=False)
+
+
+def test_train_command_trains_and_registers_ddn(no_weights, capsys):
+    import json
+
+    from benchmark.run import main
+
+    assert main(["train", "ddn", "--rain", "light", "--profile", "smoke", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["family"] == "ddn" and out["iterations"] == 40
+    record = json.loads((no_weights / "cache" / "ddn-light-smoke.json").read_text())
+    assert record["config"]["optimizer"] == "sgd" and record["config"]["loss"] == "mse"
+    net, info = registry.load("ddn", "light", "smoke")
+    assert info["source"] == "trained here (cache)" and not net.training
 
 
 def test_synthetic_checkpoint_loads_and_misfit_names_the_variable(tmp_path):
