@@ -110,6 +110,7 @@ DEFAULT_DERAINERS: tuple[tuple[str, str | None], ...] = (
     ("resguidenet", PAPER_RUN),
     ("prenet", "official"),
     ("jorder", "official"),
+    ("ddn", None),
     ("ddn", "official"),
 )
 
@@ -709,9 +710,12 @@ def _paper_name(method: str) -> str:
 
 
 def _row_name(row: _Row) -> str:
-    """The derainer's paper name, with the weights file's stem when the row names a file."""
+    """The derainer's paper name, with "(authors')" for the authors' weights and the weights file's stem
+    when the row names a file (no suffix: the suite-trained weights of the rain)."""
     name = _paper_name(row.derainer)
-    return name if row.weights in (None, "official") else f"{name} ({Path(row.weights).stem})"
+    if row.weights is None:
+        return name
+    return f"{name} (authors')" if row.weights == "official" else f"{name} ({Path(row.weights).stem})"
 
 
 def _f(v, digits=3) -> str:

@@ -98,7 +98,7 @@ def test_sampler_and_config_reject_bad_arguments(images):
     with pytest.raises(ValueError, match="sigma"):
         TrainConfig(iterations=1, task="denoise")
     with pytest.raises(ValueError, match="optimizer"):
-        TrainConfig(iterations=1, optimizer="sgd")
+        TrainConfig(iterations=1, optimizer="lbfgs")
 
 
 def test_denoise_tags():
