@@ -41,3 +41,14 @@ def kitti_root(data_root):
     if not (root / "label_2").is_dir():
         pytest.skip(f"no KITTI training folder under {data_root}")
     return root
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """An empty weights folder and training cache, so nothing shipped or trained elsewhere is found."""
+    from models import provider
+
+    monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    return tmp_path

@@ -184,17 +184,6 @@ def test_parameter_counts():
     assert PAPER_PARAMS == 58_175
 
 
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """An empty weights folder and training cache, so nothing shipped or trained elsewhere is found."""
-    from models import provider
-
-    monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
-    monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
-    return tmp_path
-
-
 def test_missing_weights_name_the_train_command_or_the_checkpoint(no_weights):
     from models import provider
 

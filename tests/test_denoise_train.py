@@ -27,15 +27,6 @@ def images():
     return [img for _, img in clean_images("train", 64)]
 
 
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """An empty weights folder and training cache, so nothing trained elsewhere is found."""
-    monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
-    monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
-    return tmp_path
-
-
 # ------------------------------------------------------------------ the noisy stream
 
 
