@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, official_weights, register
+from models.registry import file_identity, official_weights, register
 
 RADIUS = 15
 EPS = 1.0

@@ -409,7 +409,7 @@ class Batches:
         return _to_tensor(rainy), _to_tensor(clean)
 
     def close(self) -> None:
-        if self.stream is not None:
+        if self.stream is not None:  # stop the workers now, not whenever the iterator is collected
             self.stream._shutdown_workers()
             self.stream = None
 
