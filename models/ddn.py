@@ -238,24 +238,17 @@ def train_recipe(profile: str) -> dict:
     return recipe
 
 
-def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    return [net(x)]
-
-
-RAIN_TAGS = ("light", "heavy", "ddn")
-
-
 @register("ddn", paper_name="DDN",
           description="deep detail network (Fu et al. CVPR 2017); trained here, or the authors' TF weights")
 def build_ddn(weights, profile, data_root):
     net = DDN()
     if weights == "init":
         return net, {"tag": "init"}
-    if weights is None or weights in RAIN_TAGS:
-        from models import provider
+    from models import provider
 
-        return provider.trained("ddn", weights or "light", profile, lambda: ddn_init_(DDN()), _outputs, data_root,
-                                recipe=train_recipe(profile))
+    if weights is None or weights in provider.RAIN_TAGS:
+        return provider.trained("ddn", weights or "light", profile, lambda: ddn_init_(DDN()), provider.single_output,
+                                data_root, recipe=train_recipe(profile))
     if weights == "official":
         weights = official_weights("ddn", data_root)
     return net, load_tf_checkpoint(net, weights)

@@ -97,10 +97,6 @@ def train_recipe(profile: str) -> dict:
     return recipe
 
 
-def _outputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    return [net(x)]
-
-
 # --------------------------------------------------------------------------
 # MatConvNet (MATLAB v7.3) import
 
@@ -235,6 +231,7 @@ def _factory(channels: int, example: str):
     family = "dncnn" if channels == 1 else "dncnn_color"
 
     def factory(weights, profile, data_root):
+        from models import provider
         from models.train import denoise_tag, parse_denoise_tag
 
         net = DnCNN(channels=channels)
@@ -243,16 +240,14 @@ def _factory(channels: int, example: str):
         trained_tags = f"denoise{'-color' if channels == 3 else ''}-sSIGMA"
         denoise = parse_denoise_tag(weights)
         if denoise is not None:  # a model the suite trains itself (Table 5)
-            from models import provider
-
             sigma, colour = denoise
             if colour != (channels == 3):
                 other = "dncnn_color" if colour else "dncnn"
                 raise ValueError(f"{family} has {channels} channel(s); weights {weights!r} are for {other} "
                                  f"(use {family} --weights {denoise_tag(sigma, channels == 3)})")
             return provider.trained(family, weights, profile, lambda: dncnn_init_(DnCNN(channels=channels)),
-                                    _outputs, data_root, recipe=train_recipe(profile))
-        if weights in ("light", "heavy", "ddn"):  # e.g. the detection study's default for a suite-trained method
+                                    provider.single_output, data_root, recipe=train_recipe(profile))
+        if weights in provider.RAIN_TAGS:  # e.g. the detection study's default for a suite-trained method
             raise WeightsUnavailable(f"{family} is a denoiser: the suite trains it for Gaussian noise "
                                      f"(--weights {trained_tags}), "
                                      f"not for {weights} rain")

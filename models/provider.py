@@ -32,6 +32,8 @@ from torch import nn
 from models.registry import REPO, WeightsUnavailable, file_identity
 
 WEIGHTS_DIR = REPO / "results" / "weights"
+#: The rain tags the suite trains derainers for (a ``weights`` value that means "trained here").
+RAIN_TAGS = ("light", "heavy", "ddn")
 #: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
 CACHE_DIR = Path(os.environ.get("RESGUIDE_CACHE") or REPO / "results" / "cache") / "weights"
 
@@ -97,6 +99,11 @@ def train_command(family: str, tag: str, profile: str, data_root=None, device: s
     root = f" --data-root {data_root}" if data_root else ""
     return (f"python -m benchmark.run train {family} {what} --profile {profile}{root}"
             + (f" --device {device}" if device != "cpu" else ""))
+
+
+def single_output(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs to supervise of a model with one output (DDN, DnCNN): ``[net(x)]``."""
+    return [net(x)]
 
 
 def find(family: str, tag: str, profile: str) -> Path | None:

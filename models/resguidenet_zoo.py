@@ -21,9 +21,8 @@ from torch import nn
 
 from models import provider
 from models.registry import file_identity, register
+from models.provider import RAIN_TAGS
 from models.resguidenet import build, param_counts
-
-RAIN_TAGS = ("light", "heavy", "ddn")
 
 
 class Exit(nn.Module):
