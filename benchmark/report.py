@@ -25,6 +25,10 @@ DIFFERENCES = (
     "ours beside the paper's; the README explains).",
     "Baselines the suite has not implemented yet are shown as n/i; official-weight rows are scored with "
     "the authors' checkpoints under one protocol (MATLAB-style Y-channel PSNR/SSIM).",
+    "JORDER: the authors released only the single-image network on Y (a 12-layer residual CNN, no rain mask "
+    "or recurrence), so that is the JORDER we score and train; its CVPR'17 release has no training code, so "
+    "ours trains with the recipe of their later JORDER-E release (Adam 1e-4, L1). DID-MDN is implemented "
+    "from the authors' test code but neither trained here nor scored: its weights are not available here.",
     "Running times are measured on this suite's machines (named in Table 4), not on the paper's; the "
     "paper's numbers are shown beside ours.",
     "Detection (section 5.2): the paper scores a Faster R-CNN trained on clean KITTI on 480 rainy KITTI "

@@ -55,7 +55,7 @@ _DERAIN_COLUMNS = (
     Column("identity", "Rainy images"),
     Column("gmm", "GMM"),
     Column("ddn", "DDN", weights="{rain}"),
-    Column("jorder", "JORDER"),
+    Column("jorder", "JORDER", weights="{rain}"),
     Column("did_mdn", "DID-MDN"),
     Column("resguidenet_3", "ResGuideNet_3", weights="{rain}"),
     Column("resguidenet", "ResGuideNet", weights="{rain}"),

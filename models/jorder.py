@@ -42,6 +42,15 @@ Pre/post-processing (inside ``forward``, following the authors' MATLAB demo)
   which a derainer cannot know, so here the derained Y is recombined with the RAINY image's Cb/Cr
   (``ycbcr2rgb``) and the RGB result, clipped to [0, 1], is returned. The suite's Y metrics then
   recover the network's Y up to the RGB rounding.
+
+Trained here (``python -m benchmark.run train jorder --rain light|heavy``)
+--------------------------------------------------------------------------
+The CVPR'17 release has no training code or solver file. :func:`train_recipe` takes the recipe of
+the same authors' later PyTorch release (JORDER-E, TPAMI 2019: ``src/train.sh`` and ``option.py``):
+Adam (betas 0.9 / 0.999) at learning rate 1e-4, the L1 loss, batches of 8 patches of 64 x 64, PyTorch's
+default initialisation, no decay within their 200 epochs. The network sees Y only, so the loss is the
+L1 error of Y (:func:`training_outputs` puts the derained Y back with the rainy input's Cb/Cr, the
+same recombination as ``forward`` without the 8-bit rounding and the tiling).
 """
 from __future__ import annotations
 
@@ -52,12 +61,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.caffe import as_list, read_caffemodel, read_prototxt
-from models.registry import WeightsUnavailable, file_identity, first_mismatch, official_weights, register
+from models.registry import file_identity, first_mismatch, official_weights, register
 
 FEATURES = 64
 UNITS = 5            # residual units: Convolution2..Convolution11
 PAPER_PARAMS = 369_792
 PROTOTXT = "deploy_rain_removal_single.prototxt"
+PAPER_BATCH = 8      # JORDER-E's train.sh
+PAPER_PATCH = 64
 
 # matcaffe_rain_joint_one_direction.m
 PAD = 20
@@ -278,16 +289,37 @@ def load_caffe(net: JORDER, caffemodel_path: str | Path) -> dict:
     return file_identity(path)
 
 
+def train_recipe(profile: str) -> dict:
+    """TrainConfig overrides for training JORDER the authors' way (their JORDER-E release; the CVPR'17
+    release has no training code): Adam at 1e-4 on the L1 error of Y. The paper profile uses their
+    8 patches of 64 x 64; the smaller profiles keep the profile's batch and patch, like DDN."""
+    recipe = {"optimizer": "adam", "lr": 1e-4, "loss": "l1_y"}
+    if profile == "paper":
+        recipe.update(batch=PAPER_BATCH, patch=PAPER_PATCH)
+    return recipe
+
+
+def training_outputs(net: JORDER, rgb: torch.Tensor) -> list[torch.Tensor]:
+    """The output supervised in training, differentiable: the network on the batch's Y (in the
+    orientation ``net`` runs at test time), recombined with the input's Cb/Cr; unclipped floats."""
+    ycc = rgb2ycbcr(rgb)
+    y = net._net_image(ycc[:, :1])
+    return [ycbcr2rgb(torch.cat([y, ycc[:, 1:]], dim=1))]
+
+
 @register("jorder", paper_name="JORDER",
           description="JORDER (Yang et al. CVPR 2017), the authors' released single-image network on Y "
-                      "(deploy_rain_removal_single, Rain100L 'light' Caffe weights) with their tiled test procedure")
+                      "(deploy_rain_removal_single) with their tiled test procedure; trained here, or the "
+                      "authors' light-rain Caffe weights")
 def build_jorder(weights, profile, data_root):
     net = JORDER()
     if weights == "init":
         return net, {"tag": "init"}
-    if weights is None:
-        raise WeightsUnavailable("jorder: the suite does not train JORDER yet; pass --weights official (the "
-                                 "authors' light-rain caffemodel under the data root) or --weights PATH")
+    from models import provider
+
+    if weights is None or weights in provider.RAIN_TAGS:
+        return provider.trained("jorder", weights or "light", profile, JORDER, training_outputs, data_root,
+                                recipe=train_recipe(profile))
     tag = "official" if weights == "official" else "path"
     path = official_weights("jorder", data_root) if weights == "official" else Path(weights)
     if not path.is_file():
@@ -299,5 +331,9 @@ def build_jorder(weights, profile, data_root):
     return net, {"tag": tag, **info}
 
 
+build_jorder.family = "jorder"  # trained by the suite (`benchmark.run train jorder --rain R`)
+build_jorder.tasks = ("derain",)
+
+
 __all__ = ["JORDER", "load_caffe", "caffe_state", "check_prototxt", "expected_layers", "build_jorder",
-           "rgb2ycbcr", "ycbcr2rgb", "PAPER_PARAMS"]
+           "rgb2ycbcr", "ycbcr2rgb", "PAPER_PARAMS", "train_recipe", "training_outputs"]

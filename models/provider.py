@@ -237,7 +237,6 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
     ``profile``, with its weights identity; ``recipe``: see :func:`train_now`."""
     from models.train import load_weights, parse_denoise_tag
 
-    net = build()
     path = find(family, tag, profile)
     if path is None and not _TRAINING_ALLOWED.get():
         # a denoiser's command names the data root: without one it would train on the embedded images
@@ -246,7 +245,14 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
             f"{family} is not trained for {_what(tag)} in the {profile} profile: run "
             f"`{train_command(family, tag, profile, root)}` (or pass --train-missing)")
     if path is None:
+        from benchmark.profiles import get_profile
+
+        with torch.random.fork_rng(devices=[]):  # the starting weights are a function of the seed alone
+            torch.manual_seed(get_profile(profile).seed)
+            net = build()
         path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress, recipe)
+    else:
+        net = build()
     meta = load_weights(net, path)
     source = "shipped" if path.parent == WEIGHTS_DIR else "trained here (cache)"
     return net, {"tag": tag, "source": source, **file_identity(path),

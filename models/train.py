@@ -66,7 +66,7 @@ _RESUMABLE_CHANGES = {"iterations", "ckpt_every"}
 
 #: Optimisers and losses a TrainConfig may name.
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
-LOSSES = ("resguide", "dncnn", "mse")
+LOSSES = ("resguide", "dncnn", "mse", "l1_y")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class TrainConfig:
     pairs with Gaussian noise of level ``sigma`` (0-255 scale) and ``channels`` 1 (grey) or 3.
     ``optimizer``/``loss``: "rmsprop"/"resguide" is ResGuideNet's recipe (paper section 4.1,
     Eq. 2 with ``lam`` and ``use_ssim``); "adam"/"dncnn" is DnCNN's (:func:`dncnn_loss`);
-    "sgd"/"mse" is DDN's (SGD with momentum 0.9 on the mean squared error of the output).
+    "sgd"/"mse" is DDN's (SGD with momentum 0.9 on the mean squared error of the output);
+    "adam"/"l1_y" is JORDER's (mean absolute error of the output's luma Y, MATLAB ``rgb2ycbcr``).
     ``lr_drops``: fractions of ``iterations`` after which the learning rate is multiplied by 0.1
     (DDN: 1/3 and 2/3); the rate of a step is a function of the step alone, so a resumed run
     follows the same schedule.
@@ -529,11 +530,16 @@ def _loss(cfg: TrainConfig, outputs: Sequence[torch.Tensor], target: torch.Tenso
     if cfg.loss == "mse":  # DDN: mean squared error of the (last) output
         out = outputs[-1] if not isinstance(outputs, torch.Tensor) else outputs
         return torch.nn.functional.mse_loss(out, target.to(out.dtype))
+    if cfg.loss == "l1_y":  # JORDER: the network works on Y, so only Y is supervised
+        from models.jorder import rgb2ycbcr
+
+        out = outputs[-1] if not isinstance(outputs, torch.Tensor) else outputs
+        return torch.nn.functional.l1_loss(rgb2ycbcr(out)[:, :1], rgb2ycbcr(target.to(out.dtype))[:, :1])
     return resguide_loss(outputs, target, lam=cfg.lam, use_ssim=cfg.use_ssim)
 
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":  # DnCNN's released training code: Adam, lr 1e-3
+    if cfg.optimizer == "adam":  # DnCNN's and JORDER-E's released training code (betas 0.9, 0.999)
         return torch.optim.Adam(params, lr=cfg.lr)
     if cfg.optimizer == "sgd":  # DDN's released training code: momentum 0.9
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)

@@ -383,8 +383,62 @@ def test_authors_weights_on_rain100l_first_images(data_root, one_thread):
     assert res["metrics"]["ssim_y"] > 0.96
 
 
-def test_default_weights_are_not_trained_here():
+def test_untrained_default_names_its_train_command(no_weights):
+    from models import provider
     from models.registry import WeightsUnavailable
 
-    with pytest.raises(WeightsUnavailable, match="--weights official"):
-        build_jorder(None, "smoke", None)
+    with provider.training_allowed(False):
+        with pytest.raises(WeightsUnavailable, match="benchmark.run train jorder --rain light --profile smoke"):
+            build_jorder(None, "smoke", None)
+        with pytest.raises(WeightsUnavailable, match="train jorder --rain heavy"):
+            build_jorder("heavy", "smoke", None)
+
+
+def test_recipe_is_the_authors_jorder_e_one():
+    from models.jorder import train_recipe
+    from models.train import TrainConfig
+
+    recipe = train_recipe("quick")
+    assert recipe == {"optimizer": "adam", "lr": 1e-4, "loss": "l1_y"}
+    assert train_recipe("paper")["batch"] == 8 and train_recipe("paper")["patch"] == 64
+    TrainConfig(iterations=1, **recipe)  # a valid configuration
+
+
+def test_training_output_is_the_network_on_y_with_the_input_chroma():
+    from models.jorder import rgb2ycbcr, training_outputs, ycbcr2rgb
+    from models.train import TrainConfig, _loss
+
+    torch.manual_seed(0)
+    net = JORDER()
+    rgb = torch.rand(2, 3, 24, 20)
+    (out,) = training_outputs(net, rgb)
+    ycc_in, ycc_out = rgb2ycbcr(rgb), rgb2ycbcr(out)
+    with torch.no_grad():
+        assert torch.allclose(ycc_out[:, :1], net._net_image(ycc_in[:, :1]), atol=1e-5)
+    assert torch.allclose(ycc_out[:, 1:], ycc_in[:, 1:], atol=1e-5)
+    # the loss sees Y only: a target that differs from the output only in chroma costs nothing
+    cfg = TrainConfig(iterations=1, optimizer="adam", lr=1e-4, loss="l1_y")
+    target = out.detach().clone()
+    shifted = rgb2ycbcr(target)
+    shifted[:, 1:] += 0.05
+    assert float(_loss(cfg, [out], ycbcr2rgb(shifted))) < 1e-5
+    loss = _loss(cfg, [out], target + 0.1)  # +0.1 on every RGB channel: Y moves by 0.1 * 219/255
+    assert float(loss) == pytest.approx(0.1 * 219 / 255, rel=1e-4)
+    loss.backward()
+    assert net.Convolution1.weight.grad is not None and net.Convolution1.weight.grad.abs().sum() > 0
+
+
+def test_train_command_trains_and_registers_jorder(no_weights, capsys):
+    import json
+
+    from benchmark.run import main
+    from models import registry
+
+    assert main(["train", "jorder", "--rain", "heavy", "--profile", "smoke", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["family"] == "jorder" and out["iterations"] == 40 and out["final_loss"] > 0
+    record = json.loads((no_weights / "cache" / "jorder-heavy-smoke.json").read_text())
+    assert record["config"]["optimizer"] == "adam" and record["config"]["loss"] == "l1_y"
+    net, info = registry.load("jorder", "heavy", "smoke")
+    assert info["source"] == "trained here (cache)" and info["tag"] == "heavy"
+    assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), JORDER().state_dict().values()))

@@ -23,7 +23,7 @@ def test_official_weights_are_found_under_the_data_root(tmp_path):
 
 def test_a_method_without_weights_is_skipped_not_failed(tmp_path):
     ctx = Context(profile=get_profile("smoke"), data_root=None, store=Store(tmp_path), progress=False)
-    cell = run_cell(CellKey("jorder", "embedded-light"), ctx)
+    cell = run_cell(CellKey("did_mdn", "embedded-light"), ctx)
     assert cell["status"] == "skipped" and cell["skip_reason"] == "weights" and "--weights" in cell["error"]
     assert ctx.stats["skipped"] == 1 and ctx.stats["failed"] == 0
 

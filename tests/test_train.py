@@ -272,3 +272,22 @@ def test_time_limit_stops_with_checkpoint_and_resume_is_exact(sampler, tmp_path)
     for (k, a), (_, b) in zip(full.state_dict().items(), part.state_dict().items()):
         assert torch.equal(a, b), k
     assert next(part.parameters()).device.type == "cpu"
+
+
+def test_suite_training_is_a_function_of_the_seed_not_of_the_rng_before_it(no_weights):
+    """The starting weights of a suite-trained model come from the profile's seed, whatever the
+    global random state was, so two trainings of the same model give the same weights."""
+    import shutil
+
+    from models import registry
+
+    runs = []
+    for before in (1, 2):
+        torch.manual_seed(before)
+        net, info = registry.load("jorder", "light", "smoke")
+        assert info["source"] == "trained here (cache)"
+        runs.append(net.state_dict())
+        shutil.rmtree(no_weights / "cache")
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
