@@ -67,3 +67,14 @@ def test_run_check_fails_on_a_planted_drift(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "check FAILED" in out and "identity@default__embedded-heavy: psnr_y" in out
     assert f"{det}: ap40_moderate" in out and "tolerance 0.01" in out
+
+
+def test_the_gate_checks_shipped_weights_and_never_trains(no_weights):
+    """A model with no shipped smoke weights is skipped by the gate (not checked), not trained on the fly."""
+    from benchmark.check import compute_smoke
+
+    cells = compute_smoke(None, progress=False, methods=("ddn",), detection=False)
+    assert cells and all(c["status"] == "skipped" for c in cells.values())
+    embedded = cells["ddn@heavy__embedded-heavy"]  # its data is here, its smoke weights are not
+    assert embedded["skip_reason"] == "weights" and "benchmark.run train ddn" in embedded["error"]
+    assert not (no_weights / "cache").exists()
