@@ -423,7 +423,7 @@ def test_training_output_is_the_network_on_y_with_the_input_chroma():
     shifted[:, 1:] += 0.05
     assert float(_loss(cfg, [out], ycbcr2rgb(shifted)).detach()) < 1e-5
     loss = _loss(cfg, [out], target + 0.1)  # +0.1 on every RGB channel: Y moves by 0.1 * 219/255
-    assert float(loss) == pytest.approx(0.1 * 219 / 255, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(0.1 * 219 / 255, rel=1e-4)
     loss.backward()
     assert net.Convolution1.weight.grad is not None and net.Convolution1.weight.grad.abs().sum() > 0
 
