@@ -194,17 +194,11 @@ TABLES.update({
     ),
 })
 
-#: Tables that ``table ID`` computes but ``all``, ``render`` and ``check`` leave out until they are
-#: moved into TABLES (their cells and rendered files are not committed yet). None at present.
-STAGED_TABLES: dict[str, TableSpec] = {}
-
 
 def get_table(table_id: str) -> TableSpec:
     key = table_id.lower()
-    if key in STAGED_TABLES and key not in TABLES:
-        return STAGED_TABLES[key]
     if key not in TABLES:
-        raise ValueError(f"unknown table {table_id!r}; choose one of {', '.join([*TABLES, *STAGED_TABLES])}")
+        raise ValueError(f"unknown table {table_id!r}; choose one of {', '.join(TABLES)}")
     return TABLES[key]
 
 

@@ -244,15 +244,13 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
         raise WeightsUnavailable(
             f"{family} is not trained for {_what(tag)} in the {profile} profile: run "
             f"`{train_command(family, tag, profile, root)}` (or pass --train-missing)")
-    if path is None:
-        from benchmark.profiles import get_profile
+    from benchmark.profiles import get_profile
 
-        with torch.random.fork_rng(devices=[]):  # the starting weights are a function of the seed alone
-            torch.manual_seed(get_profile(profile).seed)
-            net = build()
-        path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress, recipe)
-    else:
+    with torch.random.fork_rng(devices=[]):  # the starting weights are a function of the seed alone
+        torch.manual_seed(get_profile(profile).seed)
         net = build()
+    if path is None:
+        path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress, recipe)
     meta = load_weights(net, path)
     source = "shipped" if path.parent == WEIGHTS_DIR else "trained here (cache)"
     return net, {"tag": tag, "source": source, **file_identity(path),

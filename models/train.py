@@ -513,12 +513,17 @@ def _summary(iteration: int, seconds: float, final_loss: float | None, history: 
     }
 
 
+def _last(outputs: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """The supervised output of a single-output model: the tensor itself, or the last of a list."""
+    return outputs if isinstance(outputs, torch.Tensor) else outputs[-1]
+
+
 def dncnn_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """DnCNN's loss (Zhang et al. TIP 2017, Eq. 1): ``1/(2N) sum_i ||R(y_i) - (y_i - x_i)||_F^2``
     over the N patches of the batch, with R the predicted noise. The model outputs
     ``y - R(y)``, so ``R(y) - (y - x) = x - output``: half the squared error of the (last)
     output summed over each patch's pixels, averaged over the patches."""
-    out = outputs[-1] if not isinstance(outputs, torch.Tensor) else outputs
+    out = _last(outputs)
     if out.shape != target.shape:
         raise ValueError(f"dncnn_loss: prediction {tuple(out.shape)} vs target {tuple(target.shape)}")
     return 0.5 * (out - target.to(out.dtype)).pow(2).sum() / out.shape[0]
@@ -528,12 +533,12 @@ def _loss(cfg: TrainConfig, outputs: Sequence[torch.Tensor], target: torch.Tenso
     if cfg.loss == "dncnn":
         return dncnn_loss(outputs, target)
     if cfg.loss == "mse":  # DDN: mean squared error of the (last) output
-        out = outputs[-1] if not isinstance(outputs, torch.Tensor) else outputs
+        out = _last(outputs)
         return torch.nn.functional.mse_loss(out, target.to(out.dtype))
     if cfg.loss == "l1_y":  # JORDER: the network works on Y, so only Y is supervised
         from models.jorder import rgb2ycbcr
 
-        out = outputs[-1] if not isinstance(outputs, torch.Tensor) else outputs
+        out = _last(outputs)
         return torch.nn.functional.l1_loss(rgb2ycbcr(out)[:, :1], rgb2ycbcr(target.to(out.dtype))[:, :1])
     return resguide_loss(outputs, target, lam=cfg.lam, use_ssim=cfg.use_ssim)
 
