@@ -18,8 +18,13 @@ DIFFERENCES = (
     "transfer from our renderer, not the paper's setting. Real training pairs under the data root "
     "(RainTrainL/RainTrainH) are used instead when present.",
     "Schedules: the quick profile trains 1,000 iterations on 64×64 patches (the paper: 50,000 on 128×128). "
-    "With so little training the merged output of ResGuideNet can trail its last block (the 1×1 merge "
-    "starts from Xavier weights); a longer run closes the gap.",
+    "With so little training the merged output of ResGuideNet can trail its last block; a longer run "
+    "closes the gap. Initialisation: the paper draws every weight with Xavier; the suite starts the 1×1 "
+    "merge as the mean of the blocks, because a Xavier merge whose weights sum below zero starts as a "
+    "negated image, where Eq. 1's log(1/SSIM) term holds it (SSIM is positive there). ResGuideNet "
+    "weights trained before this change (the deraining models, the ablations) started from Xavier.",
+    "Optimiser: PyTorch's RMSprop (square average from 0, decay 0.99, ε outside the root), not "
+    "TensorFlow 1's RMSPropOptimizer the paper used (square average from 1, decay 0.9, ε 1e-10 inside).",
     "Parameter counts: our reading of the architecture counts fewer parameters than the paper prints for "
     "ResGuideNet and ResGuideNet_3, and no reasonable reading matches both (Table 2's parameter rows show "
     "ours beside the paper's; the README explains).",

@@ -142,6 +142,10 @@ class ResGuideNet(nn.Module):
         merge: fuse y(1..M) with a 1x1 convolution into the final output.
         slope: LeakyReLU negative slope.
         init: apply ``xavier_init_`` (the paper's initialisation) at construction.
+        merge_init: "mean" (default) starts the merge as the average of y(1..M), channel by channel;
+            "xavier" draws it like every other convolution, as the paper's text says. The blocks'
+            starting weights are the same either way (the merge is drawn, then overwritten).
+            See :data:`MERGE_INITS` for why the suite departs from the paper here.
         channels: image channels C (3 = RGB, the paper's deraining). ``channels=1`` is the grayscale
             denoiser of Table 5: the same blocks, recursions, widths, residual guidance and merge,
             only the image-facing layers see C instead of 3 channels (block k input C*k, residual
@@ -150,8 +154,10 @@ class ResGuideNet(nn.Module):
 
     def __init__(self, blocks: int = 5, features: int | Sequence[int] = 16, recursions: int = 5,
                  residual_reuse: bool = True, recursion: bool = True, merge: bool = True,
-                 slope: float = 0.2, init: bool = True, channels: int = 3):
+                 slope: float = 0.2, init: bool = True, channels: int = 3, merge_init: str = "mean"):
         super().__init__()
+        if merge_init not in MERGE_INITS:
+            raise ValueError(f"merge_init must be one of {', '.join(MERGE_INITS)} (got {merge_init!r})")
         if blocks < 1:
             raise ValueError(f"blocks must be >= 1 (got {blocks})")
         widths = [int(features)] * blocks if isinstance(features, int) else [int(f) for f in features]
@@ -172,6 +178,8 @@ class ResGuideNet(nn.Module):
         self.merge = nn.Conv2d(c * blocks, c, kernel_size=1, bias=True) if merge else None
         if init:
             xavier_init_(self)
+            if self.merge is not None and merge_init == "mean":
+                mean_merge_init_(self.merge, blocks, c)
 
     def iter_blocks(self, x: torch.Tensor):
         """Yield y(1), y(2), ... y(M) lazily, so a caller may stop after any block."""
@@ -215,6 +223,32 @@ class ResGuideNet(nn.Module):
         if self.merge is not None:
             outputs.append(self.merge(torch.cat(outputs, dim=1)))
         return outputs
+
+
+#: Starting points of the 1x1 merge. The paper initialises every parameter with Xavier; drawn that
+#: way, the M merge weights per output channel are about +-1 each and their sum is as often
+#: negative as positive, so the merged output can start as a negated image. Eq. 1 then holds it
+#: there: SSIM's luminance and contrast-structure factors are both negative for a negated image,
+#: so their product is positive (SSIM(-0.93 y, y) = 0.35 against 0.001 for a black image, on
+#: sigma-30 training patches), and log(1/SSIM) puts a barrier of ~6 nats between the negated and
+#: the right sign, which the MSE term (0.86 at -0.93 y) cannot cross. Measured on sigma-30 grey
+#: denoising, seed 0, RMSprop 1e-3, batches of 16 patches of 64x64, PSNR on 32 held-out training
+#: patches (noisy input 18.58 dB): with the Xavier merge (weights sum -0.93) the merged output was
+#: at 1.13 dB after 100 iterations while the blocks were at 22.5-23.9 dB; started as the blocks'
+#: mean it was at 24.51 dB after 200 iterations, blocks at 23.84-24.62 dB. "mean" is the
+#: suite's default; "xavier" is the paper's text.
+MERGE_INITS = ("mean", "xavier")
+
+
+def mean_merge_init_(merge: nn.Conv2d, blocks: int, channels: int) -> None:
+    """Set a 1x1 merge over [y(1), ..., y(M)] (C channels each) to their per-channel mean, zero bias."""
+    with torch.no_grad():
+        merge.weight.zero_()
+        for k in range(blocks):
+            for ch in range(channels):
+                merge.weight[ch, k * channels + ch] = 1.0 / blocks
+        if merge.bias is not None:
+            merge.bias.zero_()
 
 
 def xavier_init_(net: nn.Module) -> None:

@@ -55,6 +55,16 @@ def test_loss_stays_finite_for_anticorrelated_prediction():
     assert torch.isfinite(block_loss(1.0 - target, target))
 
 
+def test_a_negated_image_is_a_trap_of_eq1():
+    """Why ResGuideNet's merge starts as the blocks' mean (models.resguidenet.MERGE_INITS): along
+    pred = a * target, Eq. 1 is lower at a = -0.9 than at a = 0 (SSIM's two factors are both
+    negative there, so SSIM is positive), so a merge that starts negated has to climb out."""
+    target, _ = _pair(torch.float32, seed=5, shape=(2, 1, 32, 32))
+    loss = {a: block_loss(a * target, target).item() for a in (-0.9, 0.0, 0.5, 1.0)}
+    assert ssim_torch(-0.9 * target, target).item() > 0.1
+    assert loss[-0.9] < loss[0.0] - 1.0 and loss[0.0] > loss[0.5] > loss[1.0]
+
+
 def test_gradient_flows_through_all_outputs():
     target, start = _pair(torch.float32, seed=4)
     outs = [start.clone().requires_grad_(True) for _ in range(3)]

@@ -122,6 +122,32 @@ def test_xavier_init_zero_biases():
     assert w.abs().max() <= bound and w.std() > 0
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_merge_starts_as_the_mean_of_the_blocks(channels):
+    torch.manual_seed(0)
+    net = ResGuideNet(blocks=3, features=4, recursions=1, channels=channels)
+    ys = [torch.rand(2, channels, 5, 6) for _ in range(3)]
+    with torch.no_grad():
+        merged = net.merged(ys)
+    # channel by channel: colour channels are not mixed, and the weights of each sum to one
+    assert torch.allclose(merged, sum(ys) / 3, atol=1e-6)
+    assert torch.count_nonzero(net.merge.bias) == 0
+
+
+def test_merge_init_changes_the_merge_only():
+    torch.manual_seed(0)
+    mean = ResGuideNet(blocks=3, features=4, recursions=1)
+    torch.manual_seed(0)
+    xavier = ResGuideNet(blocks=3, features=4, recursions=1, merge_init="xavier")
+    a, b = mean.state_dict(), xavier.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("merge."))
+    assert not torch.equal(a["merge.weight"], b["merge.weight"])
+    bound = (6.0 / (9 + 3)) ** 0.5  # Xavier uniform on the 1x1 merge, fan 9 -> 3
+    assert b["merge.weight"].abs().max() <= bound
+    with pytest.raises(ValueError, match="merge_init"):
+        ResGuideNet(blocks=2, features=4, merge_init="zeros")
+
+
 def test_gradient_reaches_first_block_from_merge():
     net = ResGuideNet(blocks=3, features=4, recursions=2)
     net(_x()).mean().backward()
