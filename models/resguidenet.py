@@ -242,11 +242,8 @@ MERGE_INITS = ("mean", "xavier")
 
 def mean_merge_init_(merge: nn.Conv2d, blocks: int, channels: int) -> None:
     """Set a 1x1 merge over [y(1), ..., y(M)] (C channels each) to their per-channel mean, zero bias."""
-    with torch.no_grad():
-        merge.weight.zero_()
-        for k in range(blocks):
-            for ch in range(channels):
-                merge.weight[ch, k * channels + ch] = 1.0 / blocks
+    with torch.no_grad():  # weight[ch, k * C + ch] = 1 / M, every other entry 0
+        merge.weight.copy_((torch.eye(channels).repeat(1, blocks) / blocks).view_as(merge.weight))
         if merge.bias is not None:
             merge.bias.zero_()
 
