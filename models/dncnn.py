@@ -60,17 +60,33 @@ class DnCNN(nn.Module):
         return x - self.noise(x)
 
 
+#: The smallest magnitude of a batch-norm gamma at the start (the authors' ``b_min``).
+BN_GAMMA_MIN = 0.025
+
+
 def dncnn_init_(net: DnCNN) -> DnCNN:
-    """He (Kaiming) normal initialisation of every convolution (fan-in, ReLU gain), zero biases,
-    batch norm at the identity (gamma 1, beta 0). The authors' MatConvNet script also draws the
-    convolutions from a zero-mean Gaussian of He's scale; it draws the batch-norm gammas at
-    random as well, which we do not (PyTorch's default)."""
+    """The authors' initialisation (their MatConvNet ``DnCNN_init_model_64_25_Res_Bnorm_Adam.m``):
+    every convolution He (Kaiming) normal (fan-in, ReLU gain) with zero bias; every batch-norm
+    gamma drawn from the same zero-mean Gaussian of standard deviation sqrt(2 / (9 * features))
+    and pushed away from zero to a magnitude of at least :data:`BN_GAMMA_MIN`, keeping its sign;
+    beta 0.
+
+    The small gammas matter. With gammas at 1 (PyTorch's default) the untrained network predicts
+    noise of about unit variance, 25 times sigma 10's, and Adam first spends its steps shrinking
+    that: measured on colour sigma-10 patches (16 of 64 x 64, seed 0), the loss started at 5,336
+    and was 12.8 after 120 iterations against the 9.45 of a zero residual, and the 1,000-iteration
+    run plateaued at 10.06, worse than returning the noisy input. With the authors' gammas it
+    started at 25.0 and was 9.28 after 140 iterations."""
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
+            with torch.no_grad():
+                gamma = torch.randn(m.num_features) * (2.0 / (9 * m.num_features)) ** 0.5
+                small = gamma.abs() < BN_GAMMA_MIN
+                gamma[small] = torch.where(gamma[small] < 0, -BN_GAMMA_MIN, BN_GAMMA_MIN)
+                m.weight.copy_(gamma)
             nn.init.zeros_(m.bias)
     return net
 
@@ -280,4 +296,4 @@ register("dncnn_color", paper_name="DnCNN (colour)", task="denoise",
 
 
 __all__ = ["DnCNN", "load_dncnn_mat", "load_dncnn_weights", "matlab_filters_to_torch",
-           "read_matconvnet_layers", "BN_EPS", "dncnn_init_", "train_recipe"]
+           "read_matconvnet_layers", "BN_EPS", "BN_GAMMA_MIN", "dncnn_init_", "train_recipe"]

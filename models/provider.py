@@ -217,16 +217,24 @@ def ship_checkpoint(family: str, tag: str, profile: str) -> Path:
     return WEIGHTS_DIR / f"{name}.ckpt"
 
 
-def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], dict]) -> dict:
+def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], dict],
+            weights_sha256: str | None = None) -> dict:
     """A JSON record derived from trained weights (e.g. the auto-exit threshold): shipped, cached, or
-    made now by ``make()`` and cached."""
+    made now by ``make()`` and cached. With ``weights_sha256`` the record carries the digest of the
+    weights it was made from, and one made from other weights (or recording none) is made again:
+    retrained weights never meet a stale record."""
     name = f"{weights_name(family, tag, profile)}.{kind}.json"
     for folder in (WEIGHTS_DIR, CACHE_DIR):
         if (folder / name).exists():
-            return json.loads((folder / name).read_text())
+            record = json.loads((folder / name).read_text())
+            if weights_sha256 is None or record.get("weights_sha256") == weights_sha256:
+                return record
     record = make()
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    (CACHE_DIR / name).write_text(json.dumps(record, indent=1) + "\n")
+    if weights_sha256 is not None:
+        record = {**record, "weights_sha256": weights_sha256}
+    from benchmark.cells import atomic_write_text
+
+    atomic_write_text(CACHE_DIR / name, json.dumps(record, indent=1) + "\n")
     return record
 
 

@@ -155,7 +155,7 @@ def _auto(weights, profile, data_root):
     if info.get("tag") == "path":
         record = make()
     else:
-        record = provider.derived("resguidenet", tag, profile, "autoexit", make)
+        record = provider.derived("resguidenet", tag, profile, "autoexit", make, weights_sha256=info.get("sha256"))
     return AutoExit(net, record["tau"]), {**info, "autoexit": record}
 
 

@@ -14,7 +14,7 @@ from benchmark.run import main
 from datasets.embedded import clean_images
 from datasets.noisy import NoisyImages, _noise_seed, add_noise, to_grey
 from models import provider
-from models.dncnn import DnCNN, dncnn_init_, train_recipe
+from models.dncnn import BN_GAMMA_MIN, DnCNN, dncnn_init_, train_recipe
 from models.resguidenet import ResGuideNet, build
 from models.train import (NoisyPatchSampler, TrainConfig, denoise_tag, denoise_training_images, parse_denoise_tag,
                           save_weights, train)
@@ -159,6 +159,19 @@ def test_dncnn_recipe_uses_adam_and_the_residual_loss():
     assert train_recipe("paper")["batch"] == 128 and train_recipe("paper")["patch"] == 40
     out, target = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.5)
     assert float(mt.dncnn_loss([out], target)) == pytest.approx(0.5 * 16 * 0.25)  # 1/(2N) sum over pixels
+
+
+def test_dncnn_starts_with_the_authors_small_batch_norm_gammas():
+    torch.manual_seed(0)
+    net = dncnn_init_(DnCNN(channels=3))
+    gammas = torch.cat([m.weight.detach() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert gammas.numel() == 15 * 64 and float(gammas.abs().min()) == pytest.approx(BN_GAMMA_MIN)
+    assert 0.4 < float((gammas > 0).float().mean()) < 0.6  # both signs, as drawn
+    assert float(gammas.std()) == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.15)
+    assert all(float(m.bias.abs().max()) == 0 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # so the untrained network predicts small noise (about unit variance with gammas at 1)
+    with torch.no_grad():
+        assert float(net.noise(torch.rand(4, 3, 32, 32)).std()) < 0.2
 
 
 def test_grey_resguidenet_keeps_the_blocks_and_loads_from_a_file(tmp_path):

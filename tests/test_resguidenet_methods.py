@@ -74,6 +74,25 @@ def test_provider_trains_when_no_weights_exist_and_reuses_them(tmp_path, monkeyp
     assert (tmp_path / "shipped" / "resguidenet-heavy-tiny.pt").exists()
 
 
+def test_a_derived_record_is_remade_when_its_weights_change(no_weights):
+    made = []
+
+    def make():
+        made.append(1)
+        return {"tau": 0.1 * len(made)}
+
+    first = provider.derived("resguidenet", "heavy", "tiny", "autoexit", make, weights_sha256="aa")
+    assert first == {"tau": 0.1, "weights_sha256": "aa"}
+    assert provider.derived("resguidenet", "heavy", "tiny", "autoexit", make, weights_sha256="aa") == first
+    assert len(made) == 1  # the same weights reuse the record
+    second = provider.derived("resguidenet", "heavy", "tiny", "autoexit", make, weights_sha256="bb")
+    assert second["weights_sha256"] == "bb" and len(made) == 2  # retrained weights: made again
+    shipped = no_weights / "shipped" / "resguidenet-heavy-tiny.autoexit.json"
+    shipped.parent.mkdir()
+    shipped.write_text(json.dumps({"tau": 9.0}))  # a record that names no weights is not trusted
+    assert provider.derived("resguidenet", "heavy", "tiny", "autoexit", make, weights_sha256="bb")["tau"] != 9.0
+
+
 def test_auto_exit_stops_when_the_output_settles():
     net = build("resguidenet")[0]
     x = torch.rand(1, 3, 16, 16)
