@@ -227,7 +227,7 @@ def test_fine_tune_on_a_kitti_folder_from_a_foreign_checkpoint(tmp_path, one_thr
 
 
 @pytest.mark.parametrize("derained", ["resguidenet@results-weights-resguidenet-heavy-paper.ckpt",
-                                      "resguidenet_3@heavy"])
+                                      "resguidenet_3@heavy", "resguidenet@heavy"])
 def test_committed_study_shows_the_papers_ordering(derained):
     """The committed quick cells, embedded road scenes, heavy rain: AP(clean) > AP(derained by
     ResGuideNet) > AP(rainy), the gain over rainy beyond the paired bootstrap noise."""
