@@ -21,8 +21,13 @@ DIFFERENCES = (
     "With so little training the merged output of ResGuideNet can trail its last block; a longer run "
     "closes the gap. Initialisation: the paper draws every weight with Xavier; the suite starts the 1×1 "
     "merge as the mean of the blocks, because a Xavier merge whose weights sum below zero starts as a "
-    "negated image, where Eq. 1's log(1/SSIM) term holds it (SSIM is positive there). ResGuideNet "
-    "weights trained before this change (the deraining models, the ablations) started from Xavier.",
+    "negated image, where Eq. 1's log(1/SSIM) term holds it (SSIM is positive there). The quick deraining "
+    "models, the quick ablations and the denoisers were trained with it; the smoke weights and the "
+    "unfinished paper-profile checkpoints started from Xavier.",
+    "Table 5: DnCNN is trained here with its authors' recipe (Adam 1e-3, residual loss, their small random "
+    "batch-norm gammas), without their final learning-rate drop and eight flips/rotations, on BSDS500 "
+    "train+val; the shipped grey DnCNNs were trained before the suite drew the gammas the authors' way "
+    "(they started at 1).",
     "Optimiser: PyTorch's RMSprop (square average from 0, decay 0.99, ε outside the root), not "
     "TensorFlow 1's RMSPropOptimizer the paper used (square average from 1, decay 0.9, ε 1e-10 inside).",
     "Parameter counts: our reading of the architecture counts fewer parameters than the paper prints for "
