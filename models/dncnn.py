@@ -75,8 +75,9 @@ def dncnn_init_(net: DnCNN) -> DnCNN:
     noise of about unit variance, 25 times sigma 10's, and Adam first spends its steps shrinking
     that: measured on colour sigma-10 patches (16 of 64 x 64, seed 0), the loss started at 5,336
     and was 12.8 after 120 iterations against the 9.45 of a zero residual, and the 1,000-iteration
-    run plateaued at 10.06, worse than returning the noisy input. With the authors' gammas it
-    started at 25.0 and was 9.28 after 140 iterations."""
+    run plateaued at 10.06, worse than returning the noisy input. With the authors' gammas the
+    shipped run started at 25.3, left the zero-residual level near iteration 270 and ended at 3.50
+    (BSDS500 test: 32.48 dB against the noisy 28.28)."""
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
