@@ -168,7 +168,7 @@ def test_dncnn_starts_with_the_authors_small_batch_norm_gammas():
     assert gammas.numel() == 15 * 64 and float(gammas.abs().min()) == pytest.approx(BN_GAMMA_MIN)
     assert 0.4 < float((gammas > 0).float().mean()) < 0.6  # both signs, as drawn
     assert float(gammas.std()) == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.15)
-    assert all(float(m.bias.abs().max()) == 0 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     # so the untrained network predicts small noise (about unit variance with gammas at 1)
     with torch.no_grad():
         assert float(net.noise(torch.rand(4, 3, 32, 32)).std()) < 0.2
