@@ -37,18 +37,25 @@ def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", c
 
 
 def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | None = None,
-             dtype: str = "float32", channels_last: bool = True) -> dict:
+             dtype: str = "float32", channels_last: bool = True, compile: bool = False) -> dict:
     """Mean and per-image metrics of ``net`` on ``dataset``; ``seconds`` is the wall time.
 
     The default path is float32 in the channels-last memory format under ``inference_mode``:
     on Rain100L it changed ResGuideNet's mean PSNR by 5e-7 dB against the contiguous format
     and ran 1.7-2.2x faster on the CPU. bfloat16 autocast is faster still but moved the mean
     PSNR by 0.02-0.04 dB, so it is opt-in (``score --dtype bfloat16``), never used for cells.
+    ``compile`` runs the model through :func:`benchmark.runtime.compile_for_inference` (opt-in,
+    ``score --compile``): it pays only on many images of few sizes, since every new image size
+    compiles again (seconds to minutes per model), and the cells do not use it.
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if compile:
+        from benchmark.runtime import compile_for_inference
+
+        net = compile_for_inference(net)
     per_image = []
     start = time.perf_counter()
     it = tqdm(dataset, total=len(dataset), desc=desc or getattr(dataset, "name", "images"),

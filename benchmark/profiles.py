@@ -15,6 +15,7 @@ class Profile:
     seed: int = 0
     runtime_size: int = 500   # Table 4's image side
     runtime_repeats: int = 5
+    runtime_compile: bool = True  # Table 4's compiled rows (compiling JORDER or DID-MDN takes minutes)
     description: str = ""
 
     def as_dict(self) -> dict:
@@ -23,7 +24,7 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", embedded_size=64, real_limit=8, train_iterations=40, train_batch=4, train_patch=48,
-                     runtime_size=64, runtime_repeats=1,
+                     runtime_size=64, runtime_repeats=1, runtime_compile=False,
                      description="CI and the regression gate: seconds to minutes on 2 CPU cores"),
     "quick": Profile("quick", embedded_size=192, real_limit=None, train_iterations=1000, train_batch=16,
                      train_patch=64,

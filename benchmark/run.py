@@ -73,7 +73,7 @@ def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path
             print(f"wrote {p}")
     if table4_wanted:
         cpu = table4.cpu_records(store.root, profile.runtime_size, profile.runtime_repeats, registered, force,
-                                 measure_missing=measure)
+                                 measure_missing=measure, compiled=profile.runtime_compile)
         for p in table4.write(tdir, cpu, table4.gpu_records(size=profile.runtime_size), registered,
                               profile.runtime_size):
             print(f"wrote {p}")
@@ -198,7 +198,8 @@ def cmd_list() -> int:
 
 
 def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
-              dtype: str = "float32", channels_last: bool = True, tile: int | None = None, halo: int = 64) -> int:
+              dtype: str = "float32", channels_last: bool = True, tile: int | None = None, halo: int = 64,
+              compile: bool = False) -> int:
     from benchmark.evaluate import evaluate
     from datasets.catalog import data_root_from, open_dataset
     from models import registry
@@ -214,13 +215,15 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
         from models.tiling import Tiled
         net = Tiled(net, tile, halo)
     t0 = time.perf_counter()
-    res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}", dtype=dtype, channels_last=channels_last)
+    res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}", dtype=dtype, channels_last=channels_last,
+                   compile=compile)
     desc = ds.describe()
     line = {"method": method, "dataset": ds.name, "n_images": res["n_images"], **res["metrics"],
             "weights": winfo, "seconds": round(time.perf_counter() - t0, 3),
             "dataset_version": desc.get("version"), "dataset_known": desc.get("known"),
             "dataset_fingerprint": desc.get("fingerprint"), "profile": profile.name,
-            "dtype": dtype, "channels_last": channels_last, "tile": tile, "halo": halo if tile else None}
+            "dtype": dtype, "channels_last": channels_last, "compile": compile, "tile": tile,
+            "halo": halo if tile else None}
     print(json.dumps(line))
     return 0
 
@@ -336,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bfloat16 runs under CPU autocast (a fast path; the cells use float32)")
     p.add_argument("--contiguous", dest="channels_last", action="store_false",
                    help="NCHW memory format instead of the default channels-last (same numbers, slower)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model with weight freezing (pays on many images of one size)")
     p.add_argument("--tile", type=int, default=None, help="run the model on TILE x TILE blocks (bounded memory)")
     p.add_argument("--halo", type=int, default=64, help="context pixels around each tile (default 64)")
     p = sub.add_parser("params", help="parameter counts of a method (JSON)")
@@ -371,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warm-up)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model with weight freezing (compiled during warm-up)")
     p = sub.add_parser("check", help="regression gate: recompute smoke cells and compare with the reference")
     p.add_argument("--data-root", default=None)
     p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")
@@ -454,7 +459,7 @@ def main(argv=None) -> int:
             return cmd_list()
         if args.command == "score":
             return cmd_score(args.method, args.dataset, args.data_root, args.weights, args.limit, args.profile,
-                             args.progress, args.dtype, args.channels_last, args.tile, args.halo)
+                             args.progress, args.dtype, args.channels_last, args.tile, args.halo, args.compile)
         if args.command == "params":
             return cmd_params(args.method)
         if args.command == "train":

@@ -2,8 +2,10 @@
 beside the paper's.
 
 CPU records are measured by :func:`benchmark.runtime.measure` with the bare architecture and
-stored as ``runtime__table4__METHOD__DTYPE.json`` beside the result cells, reused unless
-``--force``. GPU records cannot be made on a machine without one: they are the JSON lines a
+stored as ``runtime__table4__METHOD__VARIANT.json`` beside the result cells, reused unless
+``--force``. The variants: float32 eager in the contiguous format (the plain PyTorch path),
+bfloat16 autocast channels-last, and both compiled channels-last (Inductor with weight freezing;
+not GMM, whose per-image optimisation is not a fixed graph; only where the profile asks for it). GPU records cannot be made on a machine without one: they are the JSON lines a
 GPU session wrote with ``python -m benchmark.run runtime METHOD --device cuda ...`` and
 committed under ``results/runtime/gpu-*.jsonl`` (each line names its hardware).
 """
@@ -22,36 +24,43 @@ METHODS = (("gmm", "GMM"), ("ddn", "DDN"), ("jorder", "JORDER"), ("did_mdn", "DI
 PAPER = {"cpu": {"gmm": 1990, "ddn": 1.51, "jorder": 295, "did_mdn": 4.20, "resguidenet_3": 1.26, "resguidenet": 3.15},
          "gpu": {"ddn": 0.16, "jorder": 0.18, "did_mdn": 0.14, "resguidenet_3": 0.06, "resguidenet": 0.11}}
 GPU_RECORDS = REPO / "results" / "runtime"
-DTYPES = ("float32", "bfloat16")
+#: CPU variants: name -> (dtype, compiled). Uncompiled bfloat16 and both compiled ones run channels-last.
+VARIANTS = {"float32": ("float32", False), "bfloat16": ("bfloat16", False),
+            "float32-compiled": ("float32", True), "bfloat16-compiled": ("bfloat16", True)}
+NOT_COMPILED = {"gmm"}  # an optimisation per image, not a fixed graph
 
 
 def cpu_records(store_root: Path, size: int, repeats: int, registered: set[str], force: bool = False,
-                measure_missing: bool = True) -> dict:
-    """{(method, dtype): record} measured on this CPU (stored and reused); failures are recorded.
-    With ``measure_missing=False`` only stored records are returned (re-rendering)."""
+                measure_missing: bool = True, compiled: bool = True) -> dict:
+    """{(method, variant): record} measured on this CPU (stored and reused); failures are recorded.
+    With ``measure_missing=False`` only stored records are returned (re-rendering); with
+    ``compiled=False`` the compiled variants are neither measured nor returned."""
     from benchmark.runtime import measure
 
     out = {}
     for method, _ in METHODS:
         if method not in registered:
             continue
-        for dtype in DTYPES:
-            path = Path(store_root) / f"runtime__table4__{method}__{dtype}.json"
+        for variant, (dtype, compile) in VARIANTS.items():
+            if compile and (not compiled or method in NOT_COMPILED):
+                continue
+            path = Path(store_root) / f"runtime__table4__{method}__{variant}.json"
             if path.exists() and not force:
                 rec = json.loads(path.read_text())
                 if rec.get("size") == size and (rec.get("status", "ok") == "ok" or not measure_missing):
-                    out[method, dtype] = rec
+                    out[method, variant] = rec
                     continue
             if not measure_missing:
                 continue
             try:
-                rec = {**measure(method, size=size, dtype=dtype, repeats=repeats, channels_last=dtype != "float32"),
+                rec = {**measure(method, size=size, dtype=dtype, repeats=repeats,
+                                 channels_last=variant != "float32", **({"compile": True} if compile else {})),
                        "status": "ok"}
             except Exception as exc:  # one method failing must not cost the others
-                rec = {"method": method, "dtype": dtype, "size": size, "status": "failed",
+                rec = {"method": method, "dtype": dtype, "compile": compile, "size": size, "status": "failed",
                        "error": f"{type(exc).__name__}: {exc}"}
             atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
-            out[method, dtype] = rec
+            out[method, variant] = rec
     return out
 
 
@@ -104,6 +113,8 @@ def rows(cpu: dict, gpu: dict, registered: set[str]) -> list[tuple[str, list[str
     return [
         (f"CPU fp32, s (ours: {hw_cpu})", ours(lambda m: _s(cpu.get((m, "float32"))))),
         ("CPU bf16 channels-last, s (ours)", ours(lambda m: _s(cpu.get((m, "bfloat16"))))),
+        ("CPU fp32 channels-last compiled, s (ours)", ours(lambda m: _s(cpu.get((m, "float32-compiled"))))),
+        ("CPU bf16 channels-last compiled, s (ours)", ours(lambda m: _s(cpu.get((m, "bfloat16-compiled"))))),
         ("CPU, s (paper)", [str(PAPER["cpu"].get(m, "–")) for m, _ in METHODS]),
         (f"GPU fp32, s (ours: {hw_gpu})", [_s(gpu.get((m, "fp32"))) for m, _ in METHODS]),
         ("GPU bf16 channels-last, s (ours)", [_s(gpu.get((m, "bf16"))) for m, _ in METHODS]),
@@ -120,6 +131,8 @@ def render(cpu: dict, gpu: dict, registered: set[str], size: int) -> dict[str, s
     md += [f"| {name} | " + " | ".join(vals) + " |" for name, vals in body]
     md += ["", "- Bare architectures (timing does not depend on the weights); warm-up, then the median of the "
                "repeats; GPU rows from committed records under results/runtime/.",
+           "- Compiled: torch.compile (Inductor) with weight freezing, timed after the warm-up that compiles; "
+           "GMM is an optimisation per image and is not compiled.",
            "- n/i: not implemented in the suite yet; –: not measured. *PReNet is not in the paper."]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -24,6 +24,19 @@ def test_score_limit(capsys):
     assert _last_json(capsys)["n_images"] == 2
 
 
+def test_score_compiled_gives_the_same_numbers(capsys):
+    args = ["score", "resguidenet_3", "embedded-heavy", "--profile", "smoke", "--limit", "2", "--no-progress"]
+    assert main(args) == 0
+    eager = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(args + ["--compile"]) == 0
+    compiled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert compiled["compile"] is True and eager["compile"] is False
+    for m in ("psnr_y", "psnr_rgb"):
+        assert compiled[m] == pytest.approx(eager[m], abs=1e-4)
+    for m in ("ssim_y", "ssim_rgb"):
+        assert compiled[m] == pytest.approx(eager[m], abs=1e-6)
+
+
 def test_params_identity(capsys):
     assert main(["params", "identity"]) == 0
     assert _last_json(capsys) == {"method": "identity", "trainable": 0, "all_variables": 0}

@@ -44,12 +44,36 @@ def test_cpu_records_measure_store_reuse_and_record_failures(tmp_path, monkeypat
         return {"method": method, "size": size, "dtype": dtype, "median_s": 0.5, "hardware": "cpu"}
 
     monkeypatch.setattr("benchmark.runtime.measure", fake_measure)
-    got = table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "ddn"})
+    got = table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "ddn"}, compiled=False)
     assert got["ddn", "float32"]["status"] == "failed" and "boom" in got["ddn", "float32"]["error"]
     assert got["resguidenet", "bfloat16"]["median_s"] == 0.5
     n = len(calls)
-    table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "ddn"})
+    table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "ddn"}, compiled=False)
     assert len(calls) == n + 2  # ok records reused, the failed ones retried
     text = table4.render(got, {}, {"resguidenet", "ddn"}, 64)["md"]
     assert "failed" in text and "0.500" in text
+
+
+def test_cpu_records_compiled_variants_run_channels_last_and_skip_gmm(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_measure(method, size, dtype, repeats, channels_last, compile=False):
+        calls.append((method, dtype, channels_last, compile))
+        return {"method": method, "size": size, "dtype": dtype, "median_s": 0.25 if compile else 0.5}
+
+    monkeypatch.setattr("benchmark.runtime.measure", fake_measure)
+    got = table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "gmm"})
+    assert sorted(c for c in calls if c[0] == "resguidenet") == [
+        ("resguidenet", "bfloat16", True, False), ("resguidenet", "bfloat16", True, True),
+        ("resguidenet", "float32", False, False), ("resguidenet", "float32", True, True)]
+    assert [c for c in calls if c[0] == "gmm"] == [("gmm", "float32", False, False), ("gmm", "bfloat16", True, False)]
+    assert (tmp_path / "runtime__table4__resguidenet__float32-compiled.json").is_file()
+    md = table4.render(got, {}, {"resguidenet", "gmm"}, 64)["md"]
+    row = next(line for line in md.splitlines() if line.startswith("| CPU fp32 channels-last compiled"))
+    assert row.split("|")[1:3] == [" CPU fp32 channels-last compiled, s (ours) ", " – "]  # GMM
+    assert "0.250" in row
+    # re-rendering from a profile without the compiled rows neither measures nor shows them
+    n = len(calls)
+    plain = table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "gmm"}, measure_missing=False, compiled=False)
+    assert len(calls) == n and ("resguidenet", "float32-compiled") not in plain
 
