@@ -52,8 +52,11 @@ def compile_for_inference(net: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` for inference only: Inductor with ``freezing`` (weights become constants of
     the graph, convolutions are fused with the element-wise work that follows them). The first call
     per input shape compiles (seconds to minutes); the result must then only be called under
-    ``torch.inference_mode`` or ``torch.no_grad``, and changes to the weights are not seen."""
-    return torch.compile(net, options={"freezing": True})
+    ``torch.inference_mode`` or ``torch.no_grad``, and changes to the weights are not seen.
+    ``dynamic=False``: each image size gets its own static graph (up to Dynamo's recompile limit,
+    8 by default, then eager). The default would switch to one shape-generic graph at the second
+    size, and that graph ran ResGuideNet at 321x481 in 1.0 s against 0.62 s static (one thread)."""
+    return torch.compile(net, options={"freezing": True}, dynamic=False)
 
 
 def _count_gflops(net: torch.nn.Module, x: torch.Tensor, autocast) -> float:
