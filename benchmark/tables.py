@@ -294,10 +294,13 @@ def _provenance(spec: TableSpec, cells: dict[str, dict]) -> list[str]:
                          f"{cell['n_images']} images, fingerprint {str(d.get('fingerprint', '?'))[:12]}")
     weights = []
     for col in spec.columns:
-        cell = _first_ok(spec, cells, ((row, col) for row in spec.rows))
-        if cell:
-            w = cell.get("weights", {})
-            weights.append(f"{col.label}: {w.get('tag', '?')}" + (f" ({w['sha256'][:12]})" if w.get("sha256") else ""))
+        used = {}  # every distinct weights file of the column, in row order (one per sigma in Table 5)
+        for row in spec.rows:
+            if cell := _first_ok(spec, cells, [(row, col)]):
+                w = cell.get("weights", {})
+                used.setdefault(w.get("tag", "?") + (f" ({w['sha256'][:12]})" if w.get("sha256") else ""), None)
+        if used:
+            weights.append(f"{col.label}: " + ", ".join(used))
     profiles = sorted({c.get("profile") for c in cells.values() if c.get("profile")})
     out = []
     if profiles:

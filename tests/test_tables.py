@@ -67,3 +67,15 @@ def test_latex_bold_and_escaping():
 def test_write_table_writes_three_formats(tmp_path):
     paths = write_table(SPEC, CELLS, REGISTERED, tmp_path, PARAMS)
     assert sorted(p.name for p in paths) == ["demo.csv", "demo.md", "demo.tex"]
+
+
+def test_weights_line_names_every_weights_file_of_a_column():
+    cells = dict(CELLS)
+    for row, tag, sha in (("SetA", "light", "aa" * 32), ("SetB", "heavy", "bb" * 32)):
+        key, cell = _cell("m2", row, 30.0, 0.9)
+        cell["weights"] = {"tag": tag, "sha256": sha}
+        cells[key] = cell
+    md = render_markdown(SPEC, cells, REGISTERED, PARAMS)
+    line = next(line for line in md.splitlines() if line.startswith("- Weights:"))
+    assert f"M2: light ({'aa' * 6}), heavy ({'bb' * 6})" in line
+    assert "M1: none;" in line  # the same file in every row is named once
