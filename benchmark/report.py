@@ -22,7 +22,7 @@ DIFFERENCES = (
     "closes the gap. Initialisation: the paper draws every weight with Xavier; the suite starts the 1×1 "
     "merge as the mean of the blocks, because a Xavier merge whose weights sum below zero starts as a "
     "negated image, where Eq. 1's log(1/SSIM) term holds it (SSIM is positive there). The quick deraining "
-    "models, the quick ablations and the denoisers were trained with it; the smoke weights and the "
+    "models, the quick ablations, the denoisers and the smoke weights were trained with it; only the "
     "unfinished paper-profile checkpoints started from Xavier.",
     "Table 5: DnCNN is trained here with its authors' recipe (Adam 1e-3, residual loss, their small random "
     "batch-norm gammas), without their final learning-rate drop and eight flips/rotations, on BSDS500 "
