@@ -62,11 +62,12 @@ def test_cpu_records_compiled_variants_run_channels_last_and_skip_gmm(tmp_path, 
         return {"method": method, "size": size, "dtype": dtype, "median_s": 0.25 if compile else 0.5}
 
     monkeypatch.setattr("benchmark.runtime.measure", fake_measure)
-    got = table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "gmm"})
+    got = table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "gmm", "jorder"})
     assert sorted(c for c in calls if c[0] == "resguidenet") == [
         ("resguidenet", "bfloat16", True, False), ("resguidenet", "bfloat16", True, True),
         ("resguidenet", "float32", False, False), ("resguidenet", "float32", True, True)]
-    assert [c for c in calls if c[0] == "gmm"] == [("gmm", "float32", False, False), ("gmm", "bfloat16", True, False)]
+    for m in ("gmm", "jorder"):  # not compiled
+        assert [c for c in calls if c[0] == m] == [(m, "float32", False, False), (m, "bfloat16", True, False)]
     assert (tmp_path / "runtime__table4__resguidenet__float32-compiled.json").is_file()
     md = table4.render(got, {}, {"resguidenet", "gmm"}, 64)["md"]
     row = next(line for line in md.splitlines() if line.startswith("| CPU fp32 channels-last compiled"))
