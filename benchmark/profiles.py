@@ -15,7 +15,7 @@ class Profile:
     seed: int = 0
     runtime_size: int = 500   # Table 4's image side
     runtime_repeats: int = 5
-    runtime_compile: bool = True  # Table 4's compiled rows (compiling JORDER or DID-MDN takes minutes)
+    runtime_compile: bool = True  # Table 4's compiled rows (compiling DID-MDN takes minutes)
     description: str = ""
 
     def as_dict(self) -> dict:

@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model with weight freezing (compiled during warm-up)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model with weight freezing (compiled during warm-up)")
     p = sub.add_parser("check", help="regression gate: recompute smoke cells and compare with the reference")
     p.add_argument("--data-root", default=None)
     p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")

@@ -54,7 +54,7 @@ def test_cpu_records_measure_store_reuse_and_record_failures(tmp_path, monkeypat
     assert "failed" in text and "0.500" in text
 
 
-def test_cpu_records_compiled_variants_run_channels_last_and_skip_gmm(tmp_path, monkeypatch):
+def test_cpu_records_compiled_variants_run_channels_last_and_skip_gmm_and_jorder(tmp_path, monkeypatch):
     calls = []
 
     def fake_measure(method, size, dtype, repeats, channels_last, compile=False):
@@ -77,4 +77,3 @@ def test_cpu_records_compiled_variants_run_channels_last_and_skip_gmm(tmp_path, 
     n = len(calls)
     plain = table4.cpu_records(tmp_path, 64, 1, {"resguidenet", "gmm"}, measure_missing=False, compiled=False)
     assert len(calls) == n and ("resguidenet", "float32-compiled") not in plain
-
