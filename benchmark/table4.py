@@ -58,7 +58,7 @@ def cpu_records(store_root: Path, size: int, repeats: int, registered: set[str],
                 continue
             try:
                 rec = {**measure(method, size=size, dtype=dtype, repeats=repeats,
-                                 channels_last=variant != "float32", **({"compile": True} if compile else {})),
+                                 channels_last=variant != "float32", compile=compile),
                        "status": "ok"}
             except Exception as exc:  # one method failing must not cost the others
                 rec = {"method": method, "dtype": dtype, "compile": compile, "size": size, "status": "failed",

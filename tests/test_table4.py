@@ -37,7 +37,7 @@ def test_gpu_records_name_a_bad_line(tmp_path):
 def test_cpu_records_measure_store_reuse_and_record_failures(tmp_path, monkeypatch):
     calls = []
 
-    def fake_measure(method, size, dtype, repeats, channels_last):
+    def fake_measure(method, size, dtype, repeats, channels_last, compile):
         calls.append((method, dtype))
         if method == "ddn":
             raise RuntimeError("boom")
