@@ -445,6 +445,9 @@ def cmd_train_detector(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from benchmark.runtime import tune_allocator
+
+    tune_allocator()
     try:
         if args.command == "all":
             from benchmark.figures import FIGURES

@@ -100,6 +100,12 @@ def _s(rec) -> str:
     return f"{rec['median_s']:.3f}"
 
 
+def _malloc(cpu: dict) -> str:
+    """The allocator settings the CPU records name (records older than the field: "not recorded")."""
+    seen = sorted({r.get("malloc", "not recorded") for r in cpu.values() if r.get("status") != "failed"})
+    return " / ".join(seen) or "–"
+
+
 def rows(cpu: dict, gpu: dict, registered: set[str]) -> list[tuple[str, list[str]]]:
     def ours(fn):
         return [fn(m) if m in registered else "n/i" for m, _ in METHODS]
@@ -138,6 +144,7 @@ def render(cpu: dict, gpu: dict, registered: set[str], size: int) -> dict[str, s
            "- Compiled: torch.compile (Inductor) with weight freezing, timed after the warm-up that compiles; "
            "GMM (an optimisation per image) and JORDER (a loop over 100×100 crops, unrolled "
            "into a graph too large to compile in 10 minutes) are not compiled.",
+           f"- CPU allocator: {_malloc(cpu)} (benchmark.runtime.tune_allocator).",
            "- n/i: not implemented in the suite yet; –: not measured. *PReNet is not in the paper."]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

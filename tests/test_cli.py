@@ -25,12 +25,18 @@ def test_score_limit(capsys):
 
 
 def test_score_compiled_gives_the_same_numbers(capsys):
+    import torch
+    from torch._dynamo.utils import counters
+
     args = ["score", "resguidenet_3", "embedded-heavy", "--profile", "smoke", "--limit", "2", "--no-progress"]
     assert main(args) == 0
     eager = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    counters.clear()
     assert main(args + ["--compile"]) == 0
     compiled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert compiled["compile"] is True and eager["compile"] is False
+    if torch.backends.mkldnn.is_available():  # the weights were frozen: packed for oneDNN, not graph inputs
+        assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > 0
     for m in ("psnr_y", "psnr_rgb"):
         assert compiled[m] == pytest.approx(eager[m], abs=1e-4)
     for m in ("ssim_y", "ssim_rgb"):
@@ -105,6 +111,19 @@ def test_runtime_prints_one_json_line(capsys):
     # convolution FLOPs of ResGuideNet_3 grow with the pixel count
     big = _runtime_json(capsys, "resguidenet_3", "64", "--repeats", "1", "--warmup", "0")
     assert big["gflops"] == pytest.approx(4 * rec["gflops"], rel=0.02)
+
+
+def test_runtime_names_the_allocator_setting(capsys, monkeypatch):
+    import platform
+
+    from benchmark import runtime
+
+    rec = _runtime_json(capsys, "identity", "16", "--repeats", "1", "--warmup", "0")
+    if platform.libc_ver()[0] == "glibc":  # main() kept freed feature maps in the heap (tune_allocator)
+        assert rec["malloc"] == "glibc mmap_threshold=32MiB trim_threshold=1024MiB"
+    monkeypatch.setattr(runtime, "_allocator", "default")
+    monkeypatch.setenv("RESGUIDE_MALLOC", "default")
+    assert runtime.tune_allocator() == "default"  # the opt-out leaves glibc alone
 
 
 def test_runtime_rejects_bad_arguments(capsys):
