@@ -129,3 +129,17 @@ def test_runtime_names_the_allocator_setting(capsys, monkeypatch):
 def test_runtime_rejects_bad_arguments(capsys):
     assert main(["runtime", "resguidenet", "--size", "2"]) == 2
     assert "size" in capsys.readouterr().err
+
+
+def test_convfloor_prints_the_conv_floor_and_matmul_rates(capsys, monkeypatch):
+    from benchmark import convfloor
+
+    monkeypatch.setattr(convfloor, "compile_for_inference", lambda net: net)  # compiling is the slow part
+    assert convfloor.main(["--size", "16", "--repeats", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    convs = [r for r in lines if r["what"].startswith("conv3x3")]
+    assert [(r["dtype"], r["compile"]) for r in convs] == [
+        ("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True)]
+    for r in convs:
+        assert r["per_conv_ms"] > 0 and r["x50_s"] == pytest.approx(50 * r["per_conv_ms"] / 1e3, abs=1e-3)
+    assert [r["dtype"] for r in lines if r["what"].startswith("matmul")] == ["float32", "bfloat16"]

@@ -1,0 +1,77 @@
+"""What the CPU's kernels allow ResGuideNet: ``python -m benchmark.convfloor [--size 500] [--repeats 7]``.
+
+ResGuideNet's work is fifty 3x3 convolutions from 16 to 16 channels (five blocks, five uses of a
+two-convolution unit); the rest (image-facing convolutions, additions, concatenations) is small.
+This command times a chain of ten such convolutions, each followed by LeakyReLU, at
+``size`` x ``size``, in float32 and bfloat16, eager and compiled (:func:`compile_for_inference`,
+where the activation is fused into the convolution), and prints one JSON line per setting with
+the time per convolution, its GFLOP/s and ``x50_s``, the time fifty of them take: a floor no
+ResGuideNet pass built from these kernels can beat. A last line gives the GFLOP/s of a
+2048x2048 matrix product, the figure Table 4's targets were derived from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from benchmark.runtime import compile_for_inference, tune_allocator
+
+
+class _Chain(torch.nn.Module):
+    def __init__(self, n: int = 10, features: int = 16):
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(features, features, 3, padding=1) for _ in range(n))
+        self.act = torch.nn.LeakyReLU(0.2)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = self.act(conv(x))
+        return x
+
+
+def _median(fn, repeats: int, warmup: int = 2) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmark.convfloor", description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=500)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args(argv)
+    malloc = tune_allocator()
+    torch.manual_seed(0)
+    chain = _Chain().eval().to(memory_format=torch.channels_last)
+    n = len(chain.convs)
+    x = torch.rand(1, 16, args.size, args.size).contiguous(memory_format=torch.channels_last)
+    flop = 2 * 16 * 16 * 9 * args.size * args.size
+    for dtype in ("float32", "bfloat16"):
+        for compiled in (False, True):
+            net = compile_for_inference(chain) if compiled else chain
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+            with torch.inference_mode(), autocast:
+                per_conv = _median(lambda: net(x), args.repeats) / n
+            print(json.dumps({"what": "conv3x3 16->16 + LeakyReLU, channels-last", "size": args.size,
+                              "dtype": dtype, "compile": compiled, "per_conv_ms": round(per_conv * 1e3, 3),
+                              "gflop_per_s": round(flop / per_conv / 1e9, 1), "x50_s": round(50 * per_conv, 3),
+                              "threads": torch.get_num_threads(), "malloc": malloc}), flush=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.rand(2048, 2048, dtype=dtype), torch.rand(2048, 2048, dtype=dtype)
+        t = _median(lambda: a @ b, args.repeats)
+        print(json.dumps({"what": "matmul 2048x2048", "dtype": str(dtype).removeprefix("torch."),
+                          "gflop_per_s": round(2 * 2048**3 / t / 1e9, 1), "threads": torch.get_num_threads()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
