@@ -90,9 +90,9 @@ class FrozenCompiled(torch.nn.Module):
     it (``torch._dynamo.utils.is_parameter_freezing``) to decide whether the parameters are
     constants of the graph. Passing it as ``torch.compile(options={"freezing": True})`` reaches only
     Inductor: the graph then keeps the weights as inputs, no convolution is packed or fused and
-    the result is an ordinary compiled graph (this suite's fast path ran that way until stop 16,
-    at 0.79 s against 0.61 s frozen for ResGuideNet at 500x500 on 2 threads). Attributes the
-    wrapped model has (e.g. the auto-exit model's ``last_exit``) are read through."""
+    the result is an ordinary compiled graph (this suite's compiled path was that before: 0.79 s
+    against 0.61 s frozen for ResGuideNet at 500x500 on 2 threads). Attributes the wrapped model
+    has (e.g. the auto-exit model's ``last_exit``) are read through."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
@@ -121,8 +121,10 @@ def compile_for_inference(net: torch.nn.Module) -> torch.nn.Module:
     not seen. ``dynamic=False``: each image size gets its own static graph (up to Dynamo's recompile
     limit, 8 by default, then eager). The default would switch to one shape-generic graph at the
     second size, and that graph ran ResGuideNet at 321x481 in 1.0 s against 0.62 s static (one
-    thread)."""
-    return FrozenCompiled(net)
+    thread). A model whose forward is not one fixed graph (JORDER's loop over crops) offers
+    ``compile_parts(compiler)``, which compiles the parts that are and returns the model to use."""
+    parts = getattr(net, "compile_parts", None)
+    return parts(FrozenCompiled) if callable(parts) else FrozenCompiled(net)
 
 
 def _count_gflops(net: torch.nn.Module, x: torch.Tensor, autocast) -> float:

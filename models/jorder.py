@@ -54,6 +54,7 @@ same recombination as ``forward`` without the 8-bit rounding and the tiling).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -109,6 +110,17 @@ def _starts(size: int, crop: int, step: int) -> list[int]:
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1)
+
+
+class _CropNetwork(nn.Module):
+    """``JORDER._net_image`` of one model as a module of its own, for compiling it alone."""
+
+    def __init__(self, jorder: "JORDER"):
+        super().__init__()
+        self.jorder = jorder
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.jorder._net_image(y)
 
 
 class JORDER(nn.Module):
@@ -176,6 +188,17 @@ class JORDER(nn.Module):
         if bool((weight == 0).any()):  # cannot happen with PAD >= BORDER and STEP <= CROP - 2 * BORDER
             raise RuntimeError("JORDER tiling left pixels uncovered")
         return acc / weight
+
+    def compile_parts(self, compile_fn) -> "JORDER":
+        """A copy of this model whose crop network goes through ``compile_fn`` (a module -> module
+        compiler such as :func:`benchmark.runtime.compile_for_inference`). The crop loop stays in
+        Python: compiled whole, Dynamo unrolls it into one graph per image size, which at 500x500
+        had not compiled after 10 minutes. Here each chunk shape compiles once (two at most per
+        image size: full chunks and the rest). The copy shares the weights; this model is not
+        changed."""
+        twin = copy.copy(self)
+        object.__setattr__(twin, "_net_image", compile_fn(_CropNetwork(self)))
+        return twin
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """N x 3 x H x W RGB in [0, 1] -> derained RGB in [0, 1]."""

@@ -442,3 +442,18 @@ def test_train_command_trains_and_registers_jorder(no_weights, capsys):
     net, info = registry.load("jorder", "heavy", "smoke")
     assert info["source"] == "trained here (cache)" and info["tag"] == "heavy"
     assert any(not torch.equal(a, b) for a, b in zip(net.state_dict().values(), JORDER().state_dict().values()))
+
+
+def test_compiled_jorder_compiles_its_crop_network_only():
+    from benchmark.runtime import FrozenCompiled, compile_for_inference
+
+    net = JORDER(features=4).eval()
+    rgb = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    compiled = compile_for_inference(net)
+    assert isinstance(compiled, JORDER) and isinstance(compiled._net_image, FrozenCompiled)
+    assert "_net_image" not in vars(net)  # the model handed in is not changed
+    with torch.inference_mode():
+        eager, fast = net(rgb), compiled(rgb)
+    # outputs are 8-bit levels: a float difference may flip a rounding, never more than one level
+    assert (fast - eager).abs().max() <= 1.5 / 255
+    assert (fast - eager).abs().mean() < 1e-3
