@@ -445,8 +445,9 @@ def cmd_train_detector(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from benchmark.runtime import tune_allocator
+    from benchmark.runtime import flush_denormals, tune_allocator
 
+    flush_denormals()  # before the first parallel operation starts the thread pool
     tune_allocator()
     try:
         if args.command == "all":

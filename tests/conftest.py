@@ -7,6 +7,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
+    # The CLI's CPU settings, made before any test starts torch's thread pool.
+    from benchmark.runtime import flush_denormals, tune_allocator
+
+    flush_denormals()
+    tune_allocator()
     # Nothing a test trains may land in the repository's training cache.
     if not os.environ.get("RESGUIDE_CACHE"):
         import tempfile

@@ -126,6 +126,17 @@ def test_runtime_names_the_allocator_setting(capsys, monkeypatch):
     assert runtime.tune_allocator() == "default"  # the opt-out leaves glibc alone
 
 
+def test_denormals_are_flushed_to_zero():
+    import torch
+
+    from benchmark.runtime import flush_denormals
+
+    if not flush_denormals():  # set by pytest_configure as by the CLI; some CPUs cannot
+        pytest.skip("this CPU cannot flush denormals")
+    tiny = torch.tensor([1e-39, 1e-30])  # 1e-39 is below float32's smallest normal, 1.18e-38
+    assert (tiny * 1.0).tolist()[0] == 0.0 and (tiny * 1.0).tolist()[1] > 0
+
+
 def test_runtime_rejects_bad_arguments(capsys):
     assert main(["runtime", "resguidenet", "--size", "2"]) == 2
     assert "size" in capsys.readouterr().err
