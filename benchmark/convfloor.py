@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from contextlib import nullcontext
 
 import torch
 
-from benchmark.runtime import compile_for_inference, tune_allocator
+from benchmark.runtime import compile_for_inference, time_passes, tune_allocator
 
 
 class _Chain(torch.nn.Module):
@@ -35,13 +34,7 @@ class _Chain(torch.nn.Module):
 
 
 def _median(fn, repeats: int, warmup: int = 2) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        fn()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(time_passes(fn, repeats, warmup))
 
 
 def main(argv=None) -> int:

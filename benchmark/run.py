@@ -445,10 +445,9 @@ def cmd_train_detector(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from benchmark.runtime import flush_denormals, tune_allocator
+    from benchmark.runtime import prepare_cpu
 
-    flush_denormals()  # before the first parallel operation starts the thread pool
-    tune_allocator()
+    prepare_cpu()
     try:
         if args.command == "all":
             from benchmark.figures import FIGURES

@@ -15,9 +15,8 @@ after it (oneDNN post-ops), so those activations are not read and written again 
 element-wise pass. Additions that follow an activation (ResGuideNet's ``g(x) + x0``) stay
 separate kernels: Inductor fuses an addition into a convolution only before the activation.
 
-The CLI flushes denormals to zero (:func:`flush_denormals`) and tunes glibc's allocator
-first (:func:`tune_allocator`); each record names the allocator setting
-in ``malloc``.
+The CLI starts with :func:`prepare_cpu` (denormals flushed to zero, glibc's allocator tuned);
+each record names the allocator setting in ``malloc``.
 """
 from __future__ import annotations
 
@@ -87,7 +86,7 @@ def flush_denormals() -> bool:
     on 2 threads, and 2.1 s with them flushed, to the same PSNR in every printed digit. The flag
     lives in each thread's MXCSR register: a thread pool that already exists keeps its old
     setting (that image then took 16.7 s), so this must run before the first parallel operation
-    (the CLI calls it first thing, the tests in ``pytest_configure``). Returns whether the CPU
+    (:func:`prepare_cpu`, first thing in the CLI and in ``pytest_configure``). Returns whether the CPU
     supports it."""
     return torch.set_flush_denormal(True)
 
@@ -95,6 +94,27 @@ def flush_denormals() -> bool:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_passes(fn, repeats: int, warmup: int, sync=lambda: None) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones; ``sync`` runs
+    before and after every call (device synchronisation), outside the timed span only before."""
+    times = []
+    for i in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def prepare_cpu() -> None:
+    """The CPU settings every command (and the test session) starts with, before the first parallel
+    operation starts torch's thread pool: :func:`flush_denormals`, then :func:`tune_allocator`."""
+    flush_denormals()
+    tune_allocator()
 
 
 class FrozenCompiled(torch.nn.Module):
@@ -181,15 +201,8 @@ def measure(method: str, size: int = 500, device: str = "cpu", dtype: str = "flo
         base = torch.cuda.memory_allocated(dev)
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
     with torch.inference_mode(), autocast:
-        for i in range(warmup + repeats):
-            _sync(dev)
-            t0 = time.perf_counter()
-            net(x)
-            _sync(dev)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        times = time_passes(lambda: net(x), repeats, warmup, sync=lambda: _sync(dev))
     if dev.type == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
     else:  # ru_maxrss is in KiB on Linux

@@ -6,9 +6,9 @@ stored as ``runtime__table4__METHOD__VARIANT.json`` beside the result cells, reu
 ``--force``. The variants: float32 eager in the contiguous format (the plain PyTorch path),
 bfloat16 autocast channels-last, and both compiled channels-last (Inductor with weight freezing;
 not GMM, see :data:`NOT_COMPILED`; JORDER compiles its crop network only; only where the profile
-asks for it). GPU records cannot be made on a machine without one: they are the JSON lines a GPU session wrote with
-``python -m benchmark.run runtime METHOD --device cuda ...`` and committed under
-``results/runtime/gpu-*.jsonl`` (each line names its hardware).
+asks for it). GPU records cannot be made on a machine without one: they are the JSON lines a
+GPU session wrote with ``python -m benchmark.run runtime METHOD --device cuda ...`` and
+committed under ``results/runtime/gpu-*.jsonl`` (each line names its hardware).
 """
 from __future__ import annotations
 

@@ -8,10 +8,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def pytest_configure(config):
     # The CLI's CPU settings, made before any test starts torch's thread pool.
-    from benchmark.runtime import flush_denormals, tune_allocator
+    from benchmark.runtime import prepare_cpu
 
-    flush_denormals()
-    tune_allocator()
+    prepare_cpu()
     # Nothing a test trains may land in the repository's training cache.
     if not os.environ.get("RESGUIDE_CACHE"):
         import tempfile
