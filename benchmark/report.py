@@ -6,6 +6,7 @@ re-rendering the same cells gives the same bytes (``python -m benchmark.run rend
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from benchmark.cells import atomic_write_text
@@ -76,8 +77,12 @@ def write_report(path: Path, profile: str, tables_dir: Path, figures_dir: Path, 
     for fid in figure_ids:
         png = Path(figures_dir) / f"{fid}.png"
         if png.exists():
-            lines += [f"### {fid}", "", f"![{fid}]({_rel(png, path)})", "",
-                      f"Data: `{_rel(png.with_suffix('.csv'), path)}`", ""]
+            lines += [f"### {fid}", "", f"![{fid}]({_rel(png, path)})", ""]
+            meta = png.with_suffix(".json")  # a picture figure's title and caption (benchmark.visual)
+            if meta.exists():
+                rec = json.loads(meta.read_text(encoding="utf-8"))
+                lines += [f"{rec['title']}. {rec['caption']}.", ""]
+            lines += [f"Data: `{_rel(png.with_suffix('.csv'), path)}`", ""]
         else:
             lines += [f"### {fid}", "", "(not drawn in this run)", ""]
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")

@@ -96,6 +96,7 @@ def cmd_render(profile_name: str, results: Path, check: bool) -> int:
     """Re-render every table and the report from the stored cells and timing records, computing
     nothing; with ``check``, exit 1 if any of those files changed (the committed ones are stale)."""
     from benchmark.figures import FIGURES
+    from benchmark.visual import VISUALS
     from models import registry
 
     profile = get_profile(profile_name)
@@ -106,7 +107,8 @@ def cmd_render(profile_name: str, results: Path, check: bool) -> int:
 
     before = {p: p.read_bytes() for p in watched() if p.exists()}
     render_outputs([get_table(t) for t in TABLES], True, [], Store(cells_dir(results, profile.name)), results,
-                   profile, None, set(registry.names()), measure=False, report_figures=list(FIGURES), ap_wanted=True)
+                   profile, None, set(registry.names()), measure=False, report_figures=[*FIGURES, *VISUALS],
+                   ap_wanted=True)
     changed = [p for p in watched() if p.exists() and before.get(p) != p.read_bytes()]
     for p in changed:
         print(f"{'stale' if check else 'updated'}: {p}")
@@ -119,8 +121,10 @@ def cmd_render(profile_name: str, results: Path, check: bool) -> int:
 
 
 def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
-               results: Path = RESULTS, progress: bool = True, figure_ids=(), train_missing: bool = False) -> int:
-    """Compute the cells of the given tables and figures (each shared cell once), then render them."""
+               results: Path = RESULTS, progress: bool = True, figure_ids=(), train_missing: bool = False,
+               visual_ids=()) -> int:
+    """Compute the cells of the given tables and figures (each shared cell once), draw the picture
+    figures ``visual_ids`` (:mod:`benchmark.visual`), then render them."""
     from tqdm import tqdm
 
     from benchmark import figures
@@ -160,12 +164,34 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
         from detectors.study import ap_cells
         ap_cells(profile.name, data_root, results=results, force=force, progress=progress,
                  train_missing=train_missing, stats=s)
+    with training_allowed(train_missing):
+        bad_pictures = draw_pictures(visual_ids, profile, data_root, output_dir(results, "figures", profile.name))
     whole_job = bool(figs) and "table4" in table_ids and len(specs) == len(TABLES)
     render_outputs(specs, "table4" in table_ids, figs, store, results, profile, data_root, registered, force,
-                   report_figures=[f.id for f in figs] if whole_job else None, ap_wanted=ap_wanted)
+                   report_figures=[f.id for f in figs] + list(visual_ids) if whole_job else None,
+                   ap_wanted=ap_wanted)
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
           f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
-    return 1 if s["failed"] else 0
+    return 1 if s["failed"] or bad_pictures else 0
+
+
+def draw_pictures(visual_ids, profile, data_root, out_dir: Path) -> int:
+    """Draw each picture figure; one that fails is reported and the others are drawn.  Returns
+    how many failed (a figure with a failed panel counts)."""
+    from benchmark.visual import draw_visual
+
+    bad = 0
+    for fid in visual_ids:
+        try:
+            rec = draw_visual(fid, profile, data_root, out_dir)
+        except Exception as exc:  # noqa: BLE001 - one figure's failure costs no other work
+            print(f"error: figure {fid} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            bad += 1
+            continue
+        print(f"wrote {out_dir / (fid + '.png')} ({rec['skipped_panels']} panels skipped, "
+              f"{rec['failed_panels']} failed)")
+        bad += bool(rec["failed_panels"])
+    return bad
 
 
 def cmd_list() -> int:
@@ -182,6 +208,9 @@ def cmd_list() -> int:
     print("figures:")
     for f in FIGURES.values():
         print(f"  {f.id}: {f.title}")
+    from benchmark.visual import VISUALS
+    for f in VISUALS.values():
+        print(f"  {f.id}: {f.title} (pictures)")
     print("methods:")
     for m in registry.names():
         spec = registry.get(m)
@@ -325,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     batch(p)
     p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
-    p.add_argument("figure_id", metavar="ID", help="fig4, fig6, fig8, fig9, compute")
+    p.add_argument("figure_id", metavar="ID", help="fig4, fig6, fig8, fig9, compute; pictures: fig3, fig5, fig7, "
+                                                   "fig10, fig12")
     common(p)
     batch(p)
     sub.add_parser("list", help="tables, figures, methods, datasets, profiles")
@@ -451,11 +481,17 @@ def main(argv=None) -> int:
     try:
         if args.command == "all":
             from benchmark.figures import FIGURES
+            from benchmark.visual import VISUALS
             return run_tables([*TABLES, "table4", "ap"], args.profile, args.data_root, args.force, args.dry_run,
-                              args.results, args.progress, figure_ids=list(FIGURES), train_missing=args.train_missing)
+                              args.results, args.progress, figure_ids=list(FIGURES), train_missing=args.train_missing,
+                              visual_ids=[] if args.dry_run else list(VISUALS))
         if args.command == "figure":
+            from benchmark.visual import VISUALS
+            picture = args.figure_id in VISUALS
             return run_tables([], args.profile, args.data_root, args.force, args.dry_run, args.results,
-                              args.progress, figure_ids=[args.figure_id], train_missing=args.train_missing)
+                              args.progress, figure_ids=[] if picture else [args.figure_id],
+                              train_missing=args.train_missing,
+                              visual_ids=[args.figure_id] if picture and not args.dry_run else [])
         if args.command == "table":
             return run_tables([args.table_id], args.profile, args.data_root, args.force, args.dry_run,
                               args.results, args.progress, train_missing=args.train_missing)

@@ -1,0 +1,442 @@
+"""The paper's picture figures, redrawn with our models: ``python -m benchmark.run figure fig3|fig5|fig7|fig10|fig12``.
+
+The ablation figures (:mod:`benchmark.figures`) plot averages from result cells; these show
+images, so a reader can see what the numbers mean:
+
+* ``fig3`` (the paper's Figs. 1 and 3): the output of every ResGuideNet block and the merge, one
+  light-rain and one heavy-rain test image.
+* ``fig5``: Baseline against Baseline-RR (residual reuse), the output of every block, heavy rain.
+* ``fig7``: the feature maps of block 2's second layer (the first convolution of its recursive
+  unit, after LeakyReLU), Baseline-RR against Baseline, heavy rain.  The paper says residual
+  reuse gives larger activations on rain streaks; the figure prints, per model, the ratio of the
+  mean absolute activation on rain pixels (the rainy image's luma above the clean one's by more
+  than :data:`RAIN_LUMA_STEP`) to that on the other pixels.
+* ``fig10``: three test images derained by every method of Table 2 (same methods, same weights).
+* ``fig12``: a detection example: the shipped road-scene Faster R-CNN on one heavy-rain road
+  scene, clean, rainy and derained, with the ground-truth boxes.
+
+Images are the first ones of the dataset Table 2 uses for the rain (Rain100L / Rain100H when
+under the data root, else the embedded sets), so nothing is picked by hand.  Each panel shows
+the image's central :data:`CROP` × :data:`CROP` crop at its own resolution (rain streaks are
+lost when a whole image is shrunk) and names the PSNR/SSIM (Y) of the *whole* image, which equal
+the per-image values of the matching result cells.
+
+Each figure writes ``ID.png``, ``ID.csv`` (one row per panel: method, weights, image, metrics,
+status) and ``ID.json`` (title, caption, and a fingerprint of the data, weights, profile and code).
+Drawing takes seconds (about a minute with GMM on Rain100L), so every run redraws them.  A
+method without weights
+gets an empty panel that says so (status ``skipped``); a method that fails gets one that names
+the error (status ``failed``); the rest of the figure is drawn.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.cells import atomic_write_text, fingerprint
+
+#: Bump when a figure's pixels or numbers would change for the same data and weights.
+VISUAL_VERSION = 1
+CROP = 160
+#: A pixel is "rain" in fig7 when the rainy luma exceeds the clean luma by this much (0-1 scale).
+RAIN_LUMA_STEP = 0.1
+#: Detections drawn in fig12 (display only; the AP table uses every score).
+SCORE_SHOWN = 0.5
+
+
+@dataclass(frozen=True)
+class VisualSpec:
+    id: str
+    title: str
+
+
+VISUALS: dict[str, VisualSpec] = {
+    "fig3": VisualSpec("fig3", "Figs. 1 and 3: the output of every ResGuideNet block, light and heavy rain"),
+    "fig5": VisualSpec("fig5", "Fig. 5: Baseline against Baseline-RR, the output of every block, heavy rain"),
+    "fig7": VisualSpec("fig7", "Fig. 7: block 2's second-layer feature maps, Baseline-RR against Baseline, "
+                               "heavy rain"),
+    "fig10": VisualSpec("fig10", "Fig. 10: three test images derained by every method of Table 2, light rain"),
+    "fig12": VisualSpec("fig12", "Fig. 12: cars found on a heavy-rain road scene, clean, rainy and derained"),
+}
+
+
+class Panel:
+    """One image of a figure with its provenance and metrics (a CSV row)."""
+
+    def __init__(self, row: str, label: str, image: np.ndarray | None, *, method: str = "", weights: str = "",
+                 name: str = "", metrics: dict | None = None, status: str = "ok", error: str = "", extra=None):
+        self.row, self.label, self.image = row, label, image
+        self.method, self.weights, self.name = method, weights or "", name
+        self.metrics, self.status, self.error = metrics or {}, status, error
+        self.extra = extra or {}
+
+    def record(self, fig_id: str) -> dict:
+        return {"figure": fig_id, "row": self.row, "panel": self.label, "method": self.method,
+                "weights": self.weights, "image": self.name, "status": self.status, "error": self.error,
+                "psnr_y": self.metrics.get("psnr_y"), "ssim_y": self.metrics.get("ssim_y"), **self.extra}
+
+
+# ---------------------------------------------------------------- helpers
+
+def crop(img: np.ndarray, side: int = CROP) -> np.ndarray:
+    """The central ``side`` x ``side`` crop (the whole image along a shorter axis)."""
+    h, w = img.shape[:2]
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return img[top:top + side, left:left + side]
+
+
+def _pairs(rain: str, n: int, profile, data_root):
+    """The first ``n`` (name, rainy, clean) of Table 2's dataset for ``rain``, and its description."""
+    from benchmark.figures import dataset_for
+    from datasets.catalog import open_dataset
+
+    name = dataset_for(rain, data_root)
+    ds = open_dataset(name, data_root, size=profile.embedded_size, seed=profile.seed, limit=n)
+    return name, list(ds), ds.describe()
+
+
+def _load(method: str, weights: str | None, profile, data_root):
+    """(net, weights info) or (None, (status, message)) when the method cannot be loaded."""
+    from models import registry
+
+    try:
+        net, info = registry.load(method, weights, profile.name, data_root)
+    except (registry.WeightsUnavailable, FileNotFoundError) as exc:
+        return None, ("skipped", str(exc))
+    except Exception as exc:  # a broken checkpoint: the panel says so, the figure goes on
+        return None, ("failed", f"{type(exc).__name__}: {exc}")
+    import torch
+
+    return net.to(memory_format=torch.channels_last), info
+
+
+def _to_input(img: np.ndarray):
+    import torch
+
+    from benchmark.evaluate import to_tensor
+
+    return to_tensor(img).contiguous(memory_format=torch.channels_last)
+
+
+def _block_outputs(full, rainy: np.ndarray) -> list[np.ndarray]:
+    """[y(1), ..., y(M), merged] of a registered ResGuideNet-family model (``Full`` wrapper)."""
+    import torch
+
+    from benchmark.evaluate import to_image
+
+    with torch.inference_mode():
+        outs = full.net.forward_all(_to_input(rainy))
+    return [to_image(o.float()) for o in outs]
+
+
+def _metric_panel(row, label, out, clean, **kw) -> Panel:
+    from benchmark.metrics import image_metrics, to_uint8
+
+    m = image_metrics(out, clean)
+    return Panel(row, label, to_uint8(out), metrics={"psnr_y": m["psnr_y"], "ssim_y": m["ssim_y"]}, **kw)
+
+
+def _missing(row, label, method, weights, why) -> Panel:
+    status, message = why
+    return Panel(row, label, None, method=method, weights=weights or "", status=status, error=message)
+
+
+# ---------------------------------------------------------------- the figures
+
+def _fig3(profile, data_root):
+    panels, prov = [], {"data": {}, "weights": {}}
+    for rain in ("light", "heavy"):
+        ds_name, pairs, desc = _pairs(rain, 1, profile, data_root)
+        prov["data"][ds_name] = desc.get("fingerprint")
+        name, rainy, clean = pairs[0]
+        row = f"{rain} rain ({ds_name}, {name})"
+        panels.append(_metric_panel(row, "rainy", rainy, clean, name=name, method="identity"))
+        net, info = _load("resguidenet", rain, profile, data_root)
+        prov["weights"][f"ResGuideNet ({rain})"] = info
+        labels = [f"block {k}" for k in range(1, 6)] + ["merged"]
+        if net is None:
+            panels += [_missing(row, lab, "resguidenet", rain, info) for lab in labels]
+        else:
+            for lab, out in zip(labels, _block_outputs(net, rainy)):
+                panels.append(_metric_panel(row, lab, out, clean, name=name, method="resguidenet", weights=_weights_line(info)))
+        panels.append(Panel(row, "clean", clean, name=name))
+    return panels, prov, 8
+
+
+def _fig5(profile, data_root):
+    ds_name, pairs, desc = _pairs("heavy", 1, profile, data_root)
+    name, rainy, clean = pairs[0]
+    panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
+    for method, label in (("baseline", "Baseline"), ("baseline_rr", "Baseline-RR")):
+        row = f"{label} ({ds_name}, {name})"
+        panels.append(_metric_panel(row, "rainy", rainy, clean, name=name, method="identity"))
+        net, info = _load(method, "heavy", profile, data_root)
+        prov["weights"][label] = info
+        labels = [f"block {k}" for k in range(1, 6)]
+        if net is None:
+            panels += [_missing(row, lab, method, "heavy", info) for lab in labels]
+        else:
+            for lab, out in zip(labels, _block_outputs(net, rainy)[:5]):
+                panels.append(_metric_panel(row, lab, out, clean, name=name, method=method, weights=_weights_line(info)))
+        panels.append(Panel(row, "clean", clean, name=name))
+    return panels, prov, 7
+
+
+def second_layer_maps(full, rainy: np.ndarray) -> np.ndarray:
+    """Block 2's second-layer activations (its recursive unit's first convolution, first use,
+    after LeakyReLU) for one image: C x H x W float64."""
+    import torch
+
+    block = full.net.blocks[1]
+    caught = []
+    handle = block.unit.conv1.register_forward_hook(lambda mod, inp, out: caught.append(out) if not caught else None)
+    try:
+        with torch.inference_mode():
+            full.net(_to_input(rainy), exit_block=2)
+    finally:
+        handle.remove()
+    return block.unit.act(caught[0])[0].double().cpu().numpy()
+
+
+def rain_mask(rainy: np.ndarray, clean: np.ndarray, step: float = RAIN_LUMA_STEP) -> np.ndarray:
+    """Pixels whose luma the rain raised by more than ``step`` (MATLAB Y, 0-1 scale)."""
+    from benchmark.metrics import rgb2y
+
+    return (rgb2y(rainy) - rgb2y(clean)) > step
+
+
+def streak_ratio(maps: np.ndarray, mask: np.ndarray) -> float:
+    """Mean |activation| on the masked pixels over that on the others, all maps together."""
+    a = np.abs(maps)
+    if not mask.any() or mask.all():
+        return float("nan")
+    return float(a[:, mask].mean() / max(a[:, ~mask].mean(), 1e-12))
+
+
+def _fig7(profile, data_root):
+    ds_name, pairs, desc = _pairs("heavy", 1, profile, data_root)
+    name, rainy, clean = pairs[0]
+    mask = rain_mask(rainy, clean)
+    panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
+    for method, label in (("baseline_rr", "Baseline-RR"), ("baseline", "Baseline")):
+        net, info = _load(method, "heavy", profile, data_root)
+        prov["weights"][label] = info
+        if net is None:
+            panels.append(_missing(f"{label} ({ds_name}, {name})", "maps", method, "heavy", info))
+            continue
+        maps = second_layer_maps(net, rainy)
+        ratio = streak_ratio(maps, mask)
+        panels.append(Panel(f"{label} ({ds_name}, {name})", "maps", maps, method=method, weights=_weights_line(info), name=name,
+                            extra={"maps": int(maps.shape[0]), "rain_pixels": int(mask.sum()),
+                                   "streak_ratio": ratio}))
+    return panels, prov, 1
+
+
+def _fig10(profile, data_root):
+    from benchmark.tables import get_table
+
+    spec = get_table("table2")
+    ds_name, pairs, desc = _pairs("light", 3, profile, data_root)
+    panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
+    nets = {}
+    for col in spec.columns:
+        if col.method == "identity":
+            continue
+        key = spec.key(ds_name, col)
+        nets[col.label] = (col.method, key.weights, *_load(col.method, key.weights, profile, data_root))
+        prov["weights"][col.label] = nets[col.label][3]
+    from benchmark.evaluate import run_model
+
+    for name, rainy, clean in pairs:
+        row = f"{ds_name}, {name}"
+        panels.append(_metric_panel(row, "Rainy images", rainy, clean, name=name, method="identity"))
+        for label, (method, weights, net, info) in nets.items():
+            if net is None:
+                panels.append(_missing(row, label, method, weights, info))
+                continue
+            try:
+                out = run_model(net, rainy)
+            except Exception as exc:  # noqa: BLE001 - one failing method leaves the others drawn
+                panels.append(_missing(row, label, method, weights, ("failed", f"{type(exc).__name__}: {exc}")))
+                continue
+            panels.append(_metric_panel(row, label, out, clean, name=name, method=method, weights=_weights_line(info)))
+        panels.append(Panel(row, "clean", clean, name=name))
+    return panels, prov, len(spec.columns) + 1
+
+
+def _fig12(profile, data_root):
+    from benchmark.evaluate import run_model, to_tensor
+    from benchmark.metrics import to_uint8
+    from detectors.study import default_derainer_weights, detection_dataset, get_detector, rainy
+
+    ds = detection_dataset("roads", None, profile.name)
+    det = get_detector(None, None, profile.name)
+    image_id, clean, gts = ds.ids[0], ds.image(0), ds.gts[0]
+    wet = rainy([clean], "heavy", profile.seed, ids=[image_id])[0]
+    frames = [("clean (no rain)", "none", "", clean), ("rainy", "identity", "", wet)]
+    prov = {"data": {"roads (test split)": ds.info.get("fingerprint")},
+            "weights": {"detector": det.meta["identity"]}}
+    panels = []
+    for method in ("resguidenet_3", "resguidenet"):
+        weights = default_derainer_weights(method, "heavy")
+        net, info = _load(method, weights, profile, data_root)
+        label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
+        prov["weights"][label] = info
+        label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
+        if net is None:
+            panels.append(_missing(f"{label} ({image_id})", "frame", method, weights, info))
+            continue
+        frames.append((label, method, _weights_line(info), to_uint8(run_model(net, wet))))
+    from detectors.kitti_eval import box_overlap
+
+    cars = [g for g in gts if g.type == "Car"]
+    for label, method, wtag, img in frames:
+        found = [d for d in det.detect_objects([to_tensor(img)[0]], score_min=SCORE_SHOWN)[0]]
+        hits = sum(any(box_overlap(d.bbox, g.bbox) >= 0.7 for d in found) for g in cars)
+        panels.append(Panel(f"{label} ({image_id})", "frame", img, method=method, weights=wtag, name=image_id,
+                            extra={"boxes": [[round(v, 1) for v in d.bbox] + [round(d.score, 3)] for d in found],
+                                   "gt": [[round(v, 1) for v in g.bbox] for g in cars],
+                                   "cars": len(cars), "found_iou70": hits, "detections": len(found)}))
+    return panels, prov, 1
+
+
+BUILDERS = {"fig3": _fig3, "fig5": _fig5, "fig7": _fig7, "fig10": _fig10, "fig12": _fig12}
+
+
+# ---------------------------------------------------------------- drawing
+
+def _draw(spec: VisualSpec, panels: list[Panel], columns: int, caption: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(p.row for p in panels))
+    if spec.id == "fig7":
+        _draw_maps(plt, spec, panels, caption, path)
+        return
+    if spec.id == "fig12":
+        _draw_detections(plt, spec, panels, caption, path)
+        return
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.75 * columns, 2.2 * len(rows) + 0.6), squeeze=False)
+    for r, row in enumerate(rows):
+        mine = [p for p in panels if p.row == row]
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(mine):
+                ax.axis("off")
+                continue
+            p = mine[c]
+            if p.image is None:  # a blank of the row's size, saying why (the whole message is in the CSV)
+                shape = next((crop(q.image).shape for q in mine if q.image is not None), (CROP, CROP, 3))
+                ax.imshow(np.full(shape, 235, np.uint8), vmin=0, vmax=255)
+                ax.text(0.5, 0.5, f"{p.status}:\n" + textwrap.fill(_short(p.error, 70), 24), ha="center",
+                        va="center", fontsize=5, transform=ax.transAxes)
+            else:
+                ax.imshow(crop(p.image), interpolation="nearest")
+            title = p.label + (f"\n{p.metrics['psnr_y']:.2f} dB / {p.metrics['ssim_y']:.3f}" if p.metrics else "\n")
+            ax.set_title(title, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(row, fontsize=6)
+    _finish(plt, fig, spec, caption, path)
+
+
+def _short(text: str, n: int = 90) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _draw_maps(plt, spec, panels, caption, path) -> None:
+    fig = plt.figure(figsize=(11, 6.2), layout="constrained")
+    for sub, p in zip(fig.subfigures(1, 2, wspace=0.04), panels[:2]):
+        axes = sub.subplots(4, 4, squeeze=False)
+        for k, ax in enumerate(axes.ravel()):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if p.image is None or k >= p.image.shape[0]:
+                ax.axis("off")
+                continue
+            ax.imshow(crop(p.image[k]), cmap="gray", interpolation="nearest")
+        if p.image is None:
+            sub.suptitle(f"{p.row}: {p.status}: {_short(p.error, 60)}", fontsize=7)
+        else:
+            sub.suptitle(f"{p.row}\nfirst 16 of {p.image.shape[0]} maps; mean |activation| on rain pixels "
+                         f"over the others: {p.extra['streak_ratio']:.2f}", fontsize=7)
+    _finish(plt, fig, spec, caption, path)
+
+
+def _draw_detections(plt, spec, panels, caption, path) -> None:
+    from matplotlib.patches import Rectangle
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 2.75 * len(panels) + 0.4), squeeze=False)
+    for ax, p in zip(axes[:, 0], panels):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if p.image is None:
+            ax.text(0.5, 0.5, f"{p.row}: {p.status}: {_short(p.error)}", ha="center", va="center", fontsize=6,
+                    transform=ax.transAxes)
+            continue
+        ax.imshow(p.image, interpolation="nearest")
+        for x1, y1, x2, y2 in p.extra["gt"]:
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="lime", lw=1.0, ls="--"))
+        for x1, y1, x2, y2, s in p.extra["boxes"]:
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="red", lw=1.0))
+            ax.text(x1, y1 - 2, f"{s:.2f}", color="red", fontsize=5)
+        ax.set_title(f"{p.row}: {p.extra['found_iou70']} of {p.extra['cars']} cars found (IoU ≥ 0.7), "
+                     f"{p.extra['detections']} detections with score ≥ {SCORE_SHOWN}", fontsize=7)
+    _finish(plt, fig, spec, caption + "; green dashed: ground truth, red: detections", path)
+
+
+def _finish(plt, fig, spec, caption, path: Path) -> None:
+    fig.suptitle(spec.title + "\n" + "\n".join(textwrap.wrap(caption, int(fig.get_figwidth() * 17))), fontsize=7)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- entry point
+
+def _weights_line(info) -> str:
+    if not isinstance(info, dict):  # (status, message) of a method that could not be loaded
+        return info[0]
+    tag = info.get("tag") or info.get("source") or ""
+    return f"{tag} ({str(info['sha256'])[:12]})" if info.get("sha256") else str(tag)
+
+
+def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
+    """Draw one picture figure (see the module doc); returns its ``ID.json`` record, whose
+    ``failed_panels`` counts the panels that failed.  Raises for what stops the whole figure
+    (an unreadable dataset, a missing detector)."""
+    import pandas as pd
+
+    from benchmark.cells import code_version
+
+    if fig_id not in VISUALS:
+        raise ValueError(f"unknown picture figure {fig_id!r}; choose one of {', '.join(VISUALS)}")
+    spec = VISUALS[fig_id]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels, prov, columns = BUILDERS[fig_id](profile, data_root)
+    shown = {"fig12": "the whole frame", "fig7": f"central {CROP}×{CROP} crops of the maps"}.get(
+        fig_id, f"central {CROP}×{CROP} crops, PSNR/SSIM (Y) of the whole image")
+    weights = "; ".join(f"{k}: {_weights_line(v)}" for k, v in prov["weights"].items())
+    caption = f"profile {profile.name}; data: {', '.join(prov['data'])}; {shown}; weights: {weights}"
+    _draw(spec, panels, columns, caption, out_dir / f"{fig_id}.png")
+    records = [p.record(fig_id) for p in panels]
+    atomic_write_text(out_dir / f"{fig_id}.csv", pd.DataFrame(records).to_csv(index=False))
+    record = {"id": fig_id, "title": spec.title, "caption": caption, "profile": profile.name,
+              "fingerprint": fingerprint({"version": VISUAL_VERSION, "crop": CROP, "provenance": prov}),
+              "code_version": code_version(),
+              "failed_panels": sum(p.status == "failed" for p in panels),
+              "skipped_panels": sum(p.status == "skipped" for p in panels)}
+    atomic_write_text(out_dir / f"{fig_id}.json", json.dumps(record, indent=1, default=str) + "\n")
+    return record
