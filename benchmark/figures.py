@@ -66,7 +66,9 @@ FIGURES: dict[str, FigureSpec] = {
 
 def get_figure(fig_id: str) -> FigureSpec:
     if fig_id not in FIGURES:
-        raise ValueError(f"unknown figure {fig_id!r}; choose one of {', '.join(FIGURES)}")
+        from benchmark.visual import VISUALS
+
+        raise ValueError(f"unknown figure {fig_id!r}; choose one of {', '.join([*FIGURES, *VISUALS])}")
     return FIGURES[fig_id]
 
 

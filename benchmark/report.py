@@ -40,6 +40,9 @@ DIFFERENCES = (
     "or recurrence), so that is the JORDER we score and train; its CVPR'17 release has no training code, so "
     "ours trains with the recipe of their later JORDER-E release (Adam 1e-4, L1). DID-MDN is implemented "
     "from the authors' test code but neither trained here nor scored: its weights are not available here.",
+    "Picture figures (fig3, fig5, fig7, fig10, fig12) show our models on the first images of each set, "
+    "not the paper's chosen examples; Fig. 11 (real rainy photographs without ground truth) is not "
+    "drawn, as the data here holds none.",
     "Running times are measured on this suite's machines (named in Table 4), not on the paper's; the "
     "paper's numbers are shown beside ours.",
     "Detection (section 5.2): the paper scores a Faster R-CNN trained on clean KITTI on 480 rainy KITTI "

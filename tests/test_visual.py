@@ -119,8 +119,12 @@ def test_a_failing_method_costs_one_panel_and_the_exit_code(tmp_path, monkeypatc
     assert "3 panels skipped, 3 failed" in capsys.readouterr().out  # DID-MDN skipped, DDN failed, per image
 
 
-def test_unknown_picture_and_report_caption(tmp_path):
+def test_unknown_picture_and_report_caption(tmp_path, capsys):
     from benchmark.report import write_report
+    from benchmark.run import main
+
+    assert main(["figure", "fig99", "--profile", "smoke", "--results", str(tmp_path), "--no-progress"]) == 2
+    assert "fig12" in capsys.readouterr().err  # the error lists the picture figures too
 
     with pytest.raises(ValueError, match="fig3"):
         draw_visual("fig99", SMOKE, None, tmp_path)
