@@ -77,6 +77,7 @@ def test_all_writes_tables(tmp_path, monkeypatch):
     assert "embedded-light (ours)" in md and "26.90/0.838" in md  # the paper's number shown beside ours
     report = (tmp_path / "REPORT-smoke.md").read_text()
     assert "#### Table 2" in report and "](figures/smoke/fig6.png)" in report and "Table 4" in report
+    assert "](figures/smoke/fig10.png)" in report and "Fig. 10: three test images" in report  # the pictures too
     assert "CPU fp32" in (tmp_path / "tables" / "smoke" / "table4.md").read_text()
 
     # re-rendering from the stored cells reproduces the files; a stale table fails the check
