@@ -179,11 +179,15 @@ def draw_pictures(visual_ids, profile, data_root, out_dir: Path) -> int:
     """Draw each picture figure; one that fails is reported and the others are drawn.  Returns
     how many failed (a figure with a failed panel counts)."""
     from benchmark.visual import draw_visual
+    from models.registry import WeightsUnavailable
 
     bad = 0
     for fid in visual_ids:
         try:
             rec = draw_visual(fid, profile, data_root, out_dir)
+        except WeightsUnavailable as exc:  # like a cell without weights: skipped, not failed
+            print(f"skipped figure {fid}: {exc}")
+            continue
         except Exception as exc:  # noqa: BLE001 - one figure's failure costs no other work
             print(f"error: figure {fid} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             bad += 1

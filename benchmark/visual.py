@@ -162,7 +162,8 @@ def _fig3(profile, data_root):
             panels += [_missing(row, lab, "resguidenet", rain, info) for lab in labels]
         else:
             for lab, out in zip(labels, _block_outputs(net, rainy)):
-                panels.append(_metric_panel(row, lab, out, clean, name=name, method="resguidenet", weights=_weights_line(info)))
+                panels.append(_metric_panel(row, lab, out, clean, name=name, method="resguidenet",
+                                            weights=_weights_line(info)))
         panels.append(Panel(row, "clean", clean, name=name))
     return panels, prov, 8
 
@@ -181,7 +182,8 @@ def _fig5(profile, data_root):
             panels += [_missing(row, lab, method, "heavy", info) for lab in labels]
         else:
             for lab, out in zip(labels, _block_outputs(net, rainy)[:5]):
-                panels.append(_metric_panel(row, lab, out, clean, name=name, method=method, weights=_weights_line(info)))
+                panels.append(_metric_panel(row, lab, out, clean, name=name, method=method,
+                                            weights=_weights_line(info)))
         panels.append(Panel(row, "clean", clean, name=name))
     return panels, prov, 7
 
@@ -230,9 +232,9 @@ def _fig7(profile, data_root):
             continue
         maps = second_layer_maps(net, rainy)
         ratio = streak_ratio(maps, mask)
-        panels.append(Panel(f"{label} ({ds_name}, {name})", "maps", maps, method=method, weights=_weights_line(info), name=name,
-                            extra={"maps": int(maps.shape[0]), "rain_pixels": int(mask.sum()),
-                                   "streak_ratio": ratio}))
+        panels.append(Panel(f"{label} ({ds_name}, {name})", "maps", maps, method=method,
+                            weights=_weights_line(info), name=name,
+                            extra={"maps": int(maps.shape[0]), "rain_pixels": int(mask.sum()), "streak_ratio": ratio}))
     return panels, prov, 1
 
 
@@ -263,7 +265,8 @@ def _fig10(profile, data_root):
             except Exception as exc:  # noqa: BLE001 - one failing method leaves the others drawn
                 panels.append(_missing(row, label, method, weights, ("failed", f"{type(exc).__name__}: {exc}")))
                 continue
-            panels.append(_metric_panel(row, label, out, clean, name=name, method=method, weights=_weights_line(info)))
+            panels.append(_metric_panel(row, label, out, clean, name=name, method=method,
+                                        weights=_weights_line(info)))
         panels.append(Panel(row, "clean", clean, name=name))
     return panels, prov, len(spec.columns) + 1
 
@@ -280,24 +283,24 @@ def _fig12(profile, data_root):
     frames = [("clean (no rain)", "none", "", clean), ("rainy", "identity", "", wet)]
     prov = {"data": {"roads (test split)": ds.info.get("fingerprint")},
             "weights": {"detector": det.meta["identity"]}}
-    panels = []
     for method in ("resguidenet_3", "resguidenet"):
         weights = default_derainer_weights(method, "heavy")
         net, info = _load(method, weights, profile, data_root)
         label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
         prov["weights"][label] = info
-        label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
-        if net is None:
-            panels.append(_missing(f"{label} ({image_id})", "frame", method, weights, info))
-            continue
-        frames.append((label, method, _weights_line(info), to_uint8(run_model(net, wet))))
+        frames.append((label, method, weights, to_uint8(run_model(net, wet)) if net is not None else info))
     from detectors.kitti_eval import box_overlap
 
     cars = [g for g in gts if g.type == "Car"]
-    for label, method, wtag, img in frames:
-        found = [d for d in det.detect_objects([to_tensor(img)[0]], score_min=SCORE_SHOWN)[0]]
+    panels = []
+    for label, method, weights, img in frames:
+        if not isinstance(img, np.ndarray):  # the derainer could not be loaded: (status, message)
+            panels.append(_missing(f"{label} ({image_id})", "frame", method, weights, img))
+            continue
+        found = det.detect_objects([to_tensor(img)[0]], score_min=SCORE_SHOWN)[0]
         hits = sum(any(box_overlap(d.bbox, g.bbox) >= 0.7 for d in found) for g in cars)
-        panels.append(Panel(f"{label} ({image_id})", "frame", img, method=method, weights=wtag, name=image_id,
+        panels.append(Panel(f"{label} ({image_id})", "frame", img, method=method,
+                            weights=_weights_line(prov["weights"].get(label, {})), name=image_id,
                             extra={"boxes": [[round(v, 1) for v in d.bbox] + [round(d.score, 3)] for d in found],
                                    "gt": [[round(v, 1) for v in g.bbox] for g in cars],
                                    "cars": len(cars), "found_iou70": hits, "detections": len(found)}))

@@ -132,3 +132,28 @@ def test_unknown_picture_and_report_caption(tmp_path, capsys):
     (tmp_path / "fig5.json").write_text(json.dumps({"title": VISUALS["fig5"].title, "caption": "data: X"}))
     report = write_report(tmp_path / "R.md", "smoke", tmp_path, tmp_path, [], ["fig5"])
     assert f"{VISUALS['fig5'].title}. data: X." in report.read_text()
+
+
+def test_fig12_skips_what_has_no_weights(tmp_path, monkeypatch, capsys, no_weights):
+    from benchmark.run import main
+    from models import registry
+
+    # no detector: the figure is skipped, as a cell without weights is, and the run does not fail
+    assert main(["figure", "fig12", "--profile", "smoke", "--results", str(tmp_path), "--no-progress"]) == 0
+    assert "skipped figure fig12: no trained fasterrcnn_tiny_fpn detector" in capsys.readouterr().out
+    # no ResGuideNet_3 weights: its panel says so, in its place
+    monkeypatch.undo()
+    real = registry.load
+
+    def load(name, *a, **k):
+        if name == "resguidenet_3":
+            raise registry.WeightsUnavailable("no resguidenet_3 weights: run `python -m benchmark.run train ...`")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(registry, "load", load)
+    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    rec = draw_visual("fig12", SMOKE, None, tmp_path)
+    df = pd.read_csv(tmp_path / "fig12.csv")
+    assert list(df["method"]) == ["none", "identity", "resguidenet_3", "resguidenet"]
+    assert list(df["status"]) == ["ok", "ok", "skipped", "ok"] and rec["skipped_panels"] == 1
+    assert "no resguidenet_3 weights" in df["error"].iloc[2]
