@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from benchmark.runtime import compile_for_inference, time_passes, tune_allocator
+from benchmark.runtime import compile_for_inference, prepare_cpu, time_passes
 
 
 class _Chain(torch.nn.Module):
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=500)
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args(argv)
-    malloc = tune_allocator()
+    malloc = prepare_cpu()  # as every CLI command: denormals flushed, allocator tuned
     torch.manual_seed(0)
     chain = _Chain().eval().to(memory_format=torch.channels_last)
     n = len(chain.convs)

@@ -110,11 +110,12 @@ def time_passes(fn, repeats: int, warmup: int, sync=lambda: None) -> list[float]
     return times
 
 
-def prepare_cpu() -> None:
+def prepare_cpu() -> str:
     """The CPU settings every command (and the test session) starts with, before the first parallel
-    operation starts torch's thread pool: :func:`flush_denormals`, then :func:`tune_allocator`."""
+    operation starts torch's thread pool: :func:`flush_denormals`, then :func:`tune_allocator`,
+    whose setting it returns."""
     flush_denormals()
-    tune_allocator()
+    return tune_allocator()
 
 
 class FrozenCompiled(torch.nn.Module):

@@ -283,6 +283,12 @@ def _first_ok(spec: TableSpec, cells: dict[str, dict], places) -> dict | None:
                 None)
 
 
+def weights_label(info: dict) -> str:
+    """``tag (sha256 prefix)`` of a weights record (a cell's ``weights``, a detector's identity)."""
+    tag = info.get("tag") or info.get("source") or "?"
+    return f"{tag} ({str(info['sha256'])[:12]})" if info.get("sha256") else str(tag)
+
+
 def _provenance(spec: TableSpec, cells: dict[str, dict]) -> list[str]:
     lines = []
     for row in spec.rows:
@@ -298,7 +304,7 @@ def _provenance(spec: TableSpec, cells: dict[str, dict]) -> list[str]:
         for row in spec.rows:
             if cell := _first_ok(spec, cells, [(row, col)]):
                 w = cell.get("weights", {})
-                used.setdefault(w.get("tag", "?") + (f" ({w['sha256'][:12]})" if w.get("sha256") else ""), None)
+                used.setdefault(weights_label(w), None)
         if used:
             weights.append(f"{col.label}: " + ", ".join(used))
     profiles = sorted({c.get("profile") for c in cells.values() if c.get("profile")})

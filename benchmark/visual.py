@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +64,20 @@ VISUALS: dict[str, VisualSpec] = {
 }
 
 
+@dataclass
 class Panel:
     """One image of a figure with its provenance and metrics (a CSV row)."""
 
-    def __init__(self, row: str, label: str, image: np.ndarray | None, *, method: str = "", weights: str = "",
-                 name: str = "", metrics: dict | None = None, status: str = "ok", error: str = "", extra=None):
-        self.row, self.label, self.image = row, label, image
-        self.method, self.weights, self.name = method, weights or "", name
-        self.metrics, self.status, self.error = metrics or {}, status, error
-        self.extra = extra or {}
+    row: str
+    label: str
+    image: np.ndarray | None
+    method: str = ""
+    weights: str = ""
+    name: str = ""
+    metrics: dict = field(default_factory=dict)
+    status: str = "ok"
+    error: str = ""
+    extra: dict = field(default_factory=dict)
 
     def record(self, fig_id: str) -> dict:
         return {"figure": fig_id, "row": self.row, "panel": self.label, "method": self.method,
@@ -165,7 +170,7 @@ def _fig3(profile, data_root):
                 panels.append(_metric_panel(row, lab, out, clean, name=name, method="resguidenet",
                                             weights=_weights_line(info)))
         panels.append(Panel(row, "clean", clean, name=name))
-    return panels, prov, 8
+    return panels, prov
 
 
 def _fig5(profile, data_root):
@@ -185,7 +190,7 @@ def _fig5(profile, data_root):
                 panels.append(_metric_panel(row, lab, out, clean, name=name, method=method,
                                             weights=_weights_line(info)))
         panels.append(Panel(row, "clean", clean, name=name))
-    return panels, prov, 7
+    return panels, prov
 
 
 def second_layer_maps(full, rainy: np.ndarray) -> np.ndarray:
@@ -235,7 +240,7 @@ def _fig7(profile, data_root):
         panels.append(Panel(f"{label} ({ds_name}, {name})", "maps", maps, method=method,
                             weights=_weights_line(info), name=name,
                             extra={"maps": int(maps.shape[0]), "rain_pixels": int(mask.sum()), "streak_ratio": ratio}))
-    return panels, prov, 1
+    return panels, prov
 
 
 def _fig10(profile, data_root):
@@ -268,7 +273,7 @@ def _fig10(profile, data_root):
             panels.append(_metric_panel(row, label, out, clean, name=name, method=method,
                                         weights=_weights_line(info)))
         panels.append(Panel(row, "clean", clean, name=name))
-    return panels, prov, len(spec.columns) + 1
+    return panels, prov
 
 
 def _fig12(profile, data_root):
@@ -300,11 +305,12 @@ def _fig12(profile, data_root):
         found = det.detect_objects([to_tensor(img)[0]], score_min=SCORE_SHOWN)[0]
         hits = sum(any(box_overlap(d.bbox, g.bbox) >= 0.7 for d in found) for g in cars)
         panels.append(Panel(f"{label} ({image_id})", "frame", img, method=method,
-                            weights=_weights_line(prov["weights"].get(label, {})), name=image_id,
+                            weights=_weights_line(prov["weights"][label]) if label in prov["weights"] else "",
+                            name=image_id,
                             extra={"boxes": [[round(v, 1) for v in d.bbox] + [round(d.score, 3)] for d in found],
                                    "gt": [[round(v, 1) for v in g.bbox] for g in cars],
                                    "cars": len(cars), "found_iou70": hits, "detections": len(found)}))
-    return panels, prov, 1
+    return panels, prov
 
 
 BUILDERS = {"fig3": _fig3, "fig5": _fig5, "fig7": _fig7, "fig10": _fig10, "fig12": _fig12}
@@ -312,19 +318,10 @@ BUILDERS = {"fig3": _fig3, "fig5": _fig5, "fig7": _fig7, "fig10": _fig10, "fig12
 
 # ---------------------------------------------------------------- drawing
 
-def _draw(spec: VisualSpec, panels: list[Panel], columns: int, caption: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _draw_grid(plt, spec: VisualSpec, panels: list[Panel], caption: str, path: Path) -> None:
+    """Rows of image panels (one row per ``Panel.row``), each titled with its metrics."""
     rows = list(dict.fromkeys(p.row for p in panels))
-    if spec.id == "fig7":
-        _draw_maps(plt, spec, panels, caption, path)
-        return
-    if spec.id == "fig12":
-        _draw_detections(plt, spec, panels, caption, path)
-        return
+    columns = max(sum(p.row == row for p in panels) for row in rows)
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.75 * columns, 2.2 * len(rows) + 0.6), squeeze=False)
     for r, row in enumerate(rows):
         mine = [p for p in panels if p.row == row]
@@ -396,6 +393,19 @@ def _draw_detections(plt, spec, panels, caption, path) -> None:
     _finish(plt, fig, spec, caption + "; green dashed: ground truth, red: detections", path)
 
 
+#: How each figure is laid out; the others are rows of image panels (:func:`_draw_grid`).
+DRAWERS = {"fig7": _draw_maps, "fig12": _draw_detections}
+
+
+def _draw(spec: VisualSpec, panels: list[Panel], caption: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    DRAWERS.get(spec.id, _draw_grid)(plt, spec, panels, caption, path)
+
+
 def _finish(plt, fig, spec, caption, path: Path) -> None:
     fig.suptitle(spec.title + "\n" + "\n".join(textwrap.wrap(caption, int(fig.get_figwidth() * 17))), fontsize=7)
     if fig.get_layout_engine() is None:
@@ -409,10 +419,10 @@ def _finish(plt, fig, spec, caption, path: Path) -> None:
 # ---------------------------------------------------------------- entry point
 
 def _weights_line(info) -> str:
-    if not isinstance(info, dict):  # (status, message) of a method that could not be loaded
-        return info[0]
-    tag = info.get("tag") or info.get("source") or ""
-    return f"{tag} ({str(info['sha256'])[:12]})" if info.get("sha256") else str(tag)
+    """The weights label of a loaded method, or the status of one that could not be loaded."""
+    from benchmark.tables import weights_label
+
+    return weights_label(info) if isinstance(info, dict) else info[0]
 
 
 def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
@@ -428,12 +438,12 @@ def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
     spec = VISUALS[fig_id]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    panels, prov, columns = BUILDERS[fig_id](profile, data_root)
+    panels, prov = BUILDERS[fig_id](profile, data_root)
     shown = {"fig12": "the whole frame", "fig7": f"central {CROP}×{CROP} crops of the maps"}.get(
         fig_id, f"central {CROP}×{CROP} crops, PSNR/SSIM (Y) of the whole image")
     weights = "; ".join(f"{k}: {_weights_line(v)}" for k, v in prov["weights"].items())
     caption = f"profile {profile.name}; data: {', '.join(prov['data'])}; {shown}; weights: {weights}"
-    _draw(spec, panels, columns, caption, out_dir / f"{fig_id}.png")
+    _draw(spec, panels, caption, out_dir / f"{fig_id}.png")
     records = [p.record(fig_id) for p in panels]
     atomic_write_text(out_dir / f"{fig_id}.csv", pd.DataFrame(records).to_csv(index=False))
     record = {"id": fig_id, "title": spec.title, "caption": caption, "profile": profile.name,
