@@ -40,7 +40,7 @@ def one_thread():
 
 @pytest.fixture
 def kitti_root(data_root):
-    """RESGUIDE_DATA/KITTI/training (50 frames, 147 cars); skips when absent."""
+    """RESGUIDE_DATA/KITTI/training (the frames and labels the data README lists); skips when absent."""
     root = data_root / "KITTI" / "training"
     if not (root / "label_2").is_dir():
         pytest.skip(f"no KITTI training folder under {data_root}")
