@@ -16,13 +16,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from benchmark.metrics import PROTOCOL
+from core.files import atomic_write_text
 from benchmark.profiles import Profile
 
 CELL_FORMAT = 1
@@ -39,21 +39,6 @@ class CellKey:
     def id(self) -> str:
         raw = f"{self.method}@{self.weights or 'default'}__{self.dataset}"
         return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Store:
@@ -127,10 +112,11 @@ def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lamb
     """Run ``compute(stage)`` for one cell and store the outcome; never raises for a bad input.
 
     ``compute`` fills ``cell`` with ``status="ok"`` and returns None, or returns a stored cell
-    to reuse; it names what it is doing in ``stage["now"]``. Missing weights give a skipped
-    cell (reason ``skip_reason(stage)``); missing data keep an old ``ok`` cell or give a
-    skipped one; any other error is recorded as failed and the run goes on. A cell skipped
-    again for the same reason leaves the stored file untouched.
+    to reuse; it names what it is doing in ``stage["now"]``.  When an input is absent on this
+    machine (weights: reason ``skip_reason(stage)``; data: reason ``data``), a stored cell is
+    kept exactly as it is, whatever its status: it was made on a machine that had the input,
+    and a machine without it can neither confirm nor replace it.  With no stored cell, a
+    skipped one is written.  Any other error is recorded as failed and the run goes on.
     """
     from datasets.catalog import DatasetMissing
     from models.registry import WeightsUnavailable
@@ -142,26 +128,19 @@ def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lamb
             stats["reused"] += 1
             return reused
         stats["computed"] += 1
-    except WeightsUnavailable as exc:
-        cell.update(status="skipped", skip_reason=skip_reason(stage["now"]), error=str(exc))
-        stats["skipped"] += 1
-    except DatasetMissing as exc:
+    except (WeightsUnavailable, DatasetMissing) as exc:
         old = store.load(key)
-        if old and old.get("status") == "ok":
-            # computed earlier on a machine that had the data: keep it rather than lose it
+        if old is not None:
             stats["kept"] += 1
             return old
-        cell.update(status="skipped", skip_reason="data", error=str(exc))
+        reason = "data" if isinstance(exc, DatasetMissing) else skip_reason(stage["now"])
+        cell.update(status="skipped", skip_reason=reason, error=str(exc))
         stats["skipped"] += 1
     except Exception as exc:  # a failed cell is recorded and the run goes on
         cell.update(status="failed", error=f"{type(exc).__name__} while {stage['now']}: {exc}",
                     traceback=traceback.format_exc(limit=8))
         stats["failed"] += 1
         print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
-    if cell["status"] == "skipped":
-        old = store.load(key)
-        if old and old.get("status") == "skipped" and old.get("skip_reason") == cell["skip_reason"]:
-            return old  # skipped for the same reason as before: leave the stored file untouched
     cell.update(code_version=code_version(), created=_now())
     store.save(cell)
     return cell

@@ -87,6 +87,36 @@ def dataset_for(rain: str, data_root) -> str:
     return f"embedded-{rain}"
 
 
+def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
+    """The real datasets that the stored figure ``out_dir/ID`` was drawn on and that are not under
+    ``data_root`` here.  Such a figure is kept as it is: redrawing it here would swap its data for
+    the embedded set (or draw nothing) and overwrite a result made on a machine with the data."""
+    from datasets.names import canonical_name, resolve_dataset
+    from datasets.pairs import DatasetError
+
+    out_dir = Path(out_dir)
+    record, table = out_dir / f"{fig_id}.json", out_dir / f"{fig_id}.csv"
+    if record.is_file():  # picture figures: "data: A, B;" in the caption
+        caption = json.loads(record.read_text(encoding="utf-8")).get("caption", "")
+        used = caption.partition("data: ")[2].partition(";")[0].split(", ")
+    elif table.is_file():  # plotted figures: a dataset column
+        import pandas as pd
+
+        frame_ = pd.read_csv(table)
+        used = list(frame_["dataset"].dropna().unique()) if "dataset" in frame_ else []
+    else:
+        return []
+    missing = []
+    for name in dict.fromkeys(u.strip() for u in used if u.strip()):
+        if canonical_name(name) is None:  # embedded or generated data: present everywhere
+            continue
+        try:
+            resolve_dataset(name, data_root)
+        except (DatasetError, LookupError, OSError, TypeError):
+            missing.append(name)
+    return missing
+
+
 def keys(spec: FigureSpec, data_root) -> list[CellKey]:
     return [CellKey(m, dataset_for(s.rain, data_root), s.rain) for s in spec.series for m in s.methods]
 

@@ -27,8 +27,14 @@ from pathlib import Path
 from benchmark.cells import REPO, Context, Store, run_cell
 from benchmark.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from benchmark.tables import TABLES, get_table, write_table
+from core.files import check_writable
 
 RESULTS = REPO / "results"
+
+
+def table_ids() -> tuple[str, ...]:
+    """Every id `table` takes: the table specs, Table 4 (timings) and the detection AP table."""
+    return (*TABLES, "table4", "ap")
 
 
 def cells_dir(results: Path, profile: str) -> Path:
@@ -137,6 +143,9 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
     if ap_wanted:
         table_ids = [t for t in table_ids if t != "ap"]
     specs = [get_table(t) for t in table_ids if t != "table4"]  # Table 4 times methods; it has no cells
+    fdir = output_dir(results, "figures", profile.name)
+    every_figure = [*figure_ids, *visual_ids]  # the report shows kept figures too
+    figure_ids, visual_ids = (keep_figures(ids, data_root, fdir) for ids in (figure_ids, visual_ids))
     figs = [figures.get_figure(f) for f in figure_ids]
     registered = set(registry.names())
     wanted = [k for spec in specs for k in spec.keys()] + [k for f in figs for k in figures.keys(f, data_root)]
@@ -153,6 +162,7 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
             from detectors.study import ap_dry_run
             print("\n".join(ap_dry_run(profile.name, results)))
         return 0
+    check_writable(store.root, output_dir(results, "tables", profile.name), fdir)
     ctx = Context(profile=profile, data_root=data_root, store=store, force=force, progress=progress)
     from models.provider import training_allowed
 
@@ -165,14 +175,29 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
         ap_cells(profile.name, data_root, results=results, force=force, progress=progress,
                  train_missing=train_missing, stats=s)
     with training_allowed(train_missing):
-        bad_pictures = draw_pictures(visual_ids, profile, data_root, output_dir(results, "figures", profile.name))
-    whole_job = bool(figs) and "table4" in table_ids and len(specs) == len(TABLES)
+        bad_pictures = draw_pictures(visual_ids, profile, data_root, fdir)
+    whole_job = bool(every_figure) and "table4" in table_ids and len(specs) == len(TABLES)
     render_outputs(specs, "table4" in table_ids, figs, store, results, profile, data_root, registered, force,
-                   report_figures=[f.id for f in figs] + list(visual_ids) if whole_job else None,
+                   report_figures=every_figure if whole_job else None,
                    ap_wanted=ap_wanted)
-    print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (their data is absent here), "
+    print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (an input is absent here), "
           f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
     return 1 if s["failed"] or bad_pictures else 0
+
+
+def keep_figures(fig_ids, data_root, fig_dir: Path) -> list[str]:
+    """The figures of ``fig_ids`` to draw now: a stored figure drawn on data that is absent here
+    is kept as it is (:func:`benchmark.figures.absent_data`) and left out."""
+    from benchmark.figures import absent_data
+
+    out = []
+    for fid in fig_ids:
+        missing = absent_data(fid, data_root, fig_dir)
+        if missing:
+            print(f"kept figure {fid}: drawn on {', '.join(missing)}, which is not under the data root here")
+        else:
+            out.append(fid)
+    return out
 
 
 def draw_pictures(visual_ids, profile, data_root, out_dir: Path) -> int:
@@ -295,6 +320,9 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
             raise ValueError(f"{method} is a denoiser: train it with --sigma N (noise level on the 0-255 scale), "
                              "not --rain")
         tag = rain = rain or "light"
+        if rain not in provider.RAIN_TAGS:
+            raise ValueError(f"unknown rain {rain!r} for --rain; the suite trains derainers for: "
+                             f"{', '.join(provider.RAIN_TAGS)}")
     else:
         if "denoise" not in tasks:
             can = sorted(m for m in registry.names()
@@ -333,6 +361,19 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
     return 0
 
 
+def _at_least(low: int):
+    """An argparse type: an integer no smaller than ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmark.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     batch(p)
     p = sub.add_parser("table", help="compute one table")
-    p.add_argument("table_id", metavar="ID", help=", ".join([*TABLES, "table4", "ap"]))
+    p.add_argument("table_id", metavar="ID", help=", ".join(table_ids()))
     common(p)
     batch(p)
     p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
@@ -375,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NCHW memory format instead of the default channels-last (same numbers, slower)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model with weight freezing (pays on many images of one size)")
-    p.add_argument("--tile", type=int, default=None, help="run the model on TILE x TILE blocks (bounded memory)")
-    p.add_argument("--halo", type=int, default=64, help="context pixels around each tile (default 64)")
+    p.add_argument("--tile", type=_at_least(16), default=None,
+                   help="run the model on TILE x TILE blocks, TILE >= 16 (bounded memory)")
+    p.add_argument("--halo", type=_at_least(0), default=64, help="context pixels around each tile (default 64)")
     p = sub.add_parser("params", help="parameter counts of a method (JSON)")
     p.add_argument("method")
     p = sub.add_parser("train", help="train a method the suite trains (resumes); --ship to results/weights")
@@ -459,7 +501,8 @@ def cmd_detect(args) -> int:
                        progress=args.progress, detector_config=args.detector_config)
     print(json.dumps(contract(cell)))
     if cell["status"] != "ok":
-        print(f"error: {cell['status']}: {cell.get('error')}", file=sys.stderr)
+        if cell["status"] == "skipped":  # a failed cell was reported when it failed
+            print(f"error: skipped: {cell.get('error')}", file=sys.stderr)
         return 2
     return 0
 
@@ -497,6 +540,8 @@ def main(argv=None) -> int:
                               train_missing=args.train_missing,
                               visual_ids=[args.figure_id] if picture and not args.dry_run else [])
         if args.command == "table":
+            if args.table_id.lower() not in table_ids():
+                raise ValueError(f"unknown table {args.table_id!r}; choose one of {', '.join(table_ids())}")
             return run_tables([args.table_id], args.profile, args.data_root, args.force, args.dry_run,
                               args.results, args.progress, train_missing=args.train_missing)
         if args.command == "list":
@@ -526,6 +571,10 @@ def main(argv=None) -> int:
     except (ValueError, LookupError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished cell, figure and checkpoint is saved under "
+              f"{getattr(args, 'results', RESULTS)}; run the same command again to resume", file=sys.stderr)
+        return 130
     return 2
 
 

@@ -451,5 +451,9 @@ def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
               "code_version": code_version(),
               "failed_panels": sum(p.status == "failed" for p in panels),
               "skipped_panels": sum(p.status == "skipped" for p in panels)}
-    atomic_write_text(out_dir / f"{fig_id}.json", json.dumps(record, indent=1, default=str) + "\n")
+    path = out_dir / f"{fig_id}.json"
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if {**old, "code_version": None} == {**json.loads(json.dumps(record, default=str)), "code_version": None}:
+        return old  # the same figure: keep the record of the code that first drew it
+    atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
     return record

@@ -478,10 +478,17 @@ def cell_id(detector: str, derainer: str, dataset: str, rain: str, derainer_weig
     return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
 
 
-def _det_store(results: Path, profile: str):
+#: The detection datasets whose cells are results of the suite; any other (a user's folder or
+#: COCO file) is a one-off whose cells go to the uncommitted cache.
+SUITE_DATASETS = ("roads", "kitti")
+
+
+def _det_store(results: Path, profile: str, dataset: str = "roads"):
     from benchmark.cells import Store
 
-    return Store(Path(results) / "cells" / profile / "detection")
+    if dataset.lower() in SUITE_DATASETS:
+        return Store(Path(results) / "cells" / profile / "detection")
+    return Store(Path(results) / "cache" / "cells" / profile / "detection")
 
 
 def default_derainer_weights(derainer: str, rain: str) -> str | None:
@@ -575,7 +582,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         except registry.UnknownMethod:
             pass  # reported below as a failed cell
     cid = cell_id(detector, "none" if no_derain else derainer, dataset, rain, derainer_weights)
-    store = _det_store(results, prof.name)
+    store = _det_store(results, prof.name, dataset)
     key = _Key(cid)
     n_boot = det_prof["n_boot"]
     cell = {"format": DET_FORMAT, "id": cid, "kind": "detection", "detector": detector,

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from core.files import read_torch_file
 from detectors.kitti import Object
 from models.registry import first_mismatch
 
@@ -157,10 +158,7 @@ def _read(path: Path) -> tuple[dict, dict]:
     """(state dict, metadata) of a detector file: see :func:`load_checkpoint` for the formats."""
     if not path.is_file():
         raise ValueError(f"detector checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise ValueError(f"{path}: cannot read detector checkpoint ({type(exc).__name__}: {exc})") from exc
+    obj = read_torch_file(path, "detector checkpoint")
     meta: dict = {}
     if isinstance(obj, dict) and "state_dict" in obj:
         state, meta = obj["state_dict"], dict(obj.get("meta") or {})

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,9 @@ class GaussianMixturePrior(nn.Module):
 
     @classmethod
     def fit(cls, patches: np.ndarray, components: int, remove_mean: bool, max_iter: int = 100,
-            seed: int = SEED, reg_covar: float = 1e-6) -> "GaussianMixturePrior":
+            seed: int = SEED, reg_covar: float = 1e-6, verbose: bool = False) -> "GaussianMixturePrior":
+        """EM fit with scikit-learn; ``verbose`` prints its progress every 10 iterations (a
+        60,000-patch fit takes minutes)."""
         from sklearn.mixture import GaussianMixture
 
         x = np.asarray(patches, dtype=np.float64)
@@ -104,7 +107,8 @@ class GaussianMixturePrior(nn.Module):
             x = x - x.mean(axis=1, keepdims=True)
         components = max(1, min(components, len(x)))
         gm = GaussianMixture(components, covariance_type="full", random_state=seed, max_iter=max_iter,
-                             reg_covar=reg_covar, init_params="kmeans")
+                             reg_covar=reg_covar, init_params="kmeans",
+                             verbose=2 if verbose else 0, verbose_interval=10)
         gm.fit(x)
         return cls(gm.weights_, gm.means_, gm.covariances_, remove_mean)
 
@@ -301,26 +305,36 @@ def sample_patches(images, p: int, n: int, seed: int = SEED) -> np.ndarray:
 
 def background_prior(profile: str, data_root, patch: int = PATCH, components: int = BG_COMPONENTS) -> tuple[GaussianMixturePrior, dict]:
     """The background GMM for ``profile``: shipped under results/weights, cached under the training
-    cache, or fitted now on the clean training images (and cached)."""
+    cache, or fitted now on the clean training images (and cached).
+
+    A shipped prior is used whenever its fit settings match, whatever the data root of this run:
+    shipped weights are part of the suite, so a cell that uses them gives the same numbers on a
+    machine with real data and on one without.  A cached prior must also match the source of the
+    training images (embedded or the data root), since the cache is this machine's own."""
     from models import provider
     from models.train import training_images
 
     n, iters = BG_FIT.get(profile, BG_FIT["quick"])
     source = "embedded" if data_root is None else "data_root"  # training_images() decides what that holds
     key = hashlib.sha256(json.dumps([profile, patch, components, n, iters, SEED, source]).encode()).hexdigest()[:12]
+    settings = {"profile": profile, "patch": patch, "components": components, "patches": n,
+                "em_iterations": iters, "seed": SEED}
     name = f"gmm-background-{profile}"
     for folder in (provider.WEIGHTS_DIR, provider.CACHE_DIR):
         path = folder / f"{name}.npz"
         meta_path = folder / f"{name}.json"
         if path.is_file() and meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            if meta.get("key") == key:
+            shipped = folder == provider.WEIGHTS_DIR and all(meta.get(k) == v for k, v in settings.items())
+            if shipped or meta.get("key") == key:
                 with np.load(path) as z:
                     prior = GaussianMixturePrior(z["weights"], z["means"], z["covariances"], bool(z["remove_mean"]))
                 return prior, {"tag": "gmm", **file_identity(path), "fit": meta}
     images, desc = training_images(data_root)
     patches = sample_patches(images, patch, n)
-    prior = GaussianMixturePrior.fit(patches, components, remove_mean=True, max_iter=iters)
+    print(f"fitting the GMM background prior ({profile}): {len(patches):,} patches of {patch}x{patch}, "
+          f"{components} components, up to {iters} EM iterations; it is cached for later runs", file=sys.stderr)
+    prior = GaussianMixturePrior.fit(patches, components, remove_mean=True, max_iter=iters, verbose=True)
     provider.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     path = provider.CACHE_DIR / f"{name}.npz"
     arrays = prior.arrays()

@@ -23,6 +23,8 @@ from typing import Callable
 
 from torch import nn
 
+from core.files import read_torch_file
+
 Factory = Callable[[str | None, str, "Path | None"], tuple[nn.Module, dict]]
 
 
@@ -131,10 +133,7 @@ def read_state_dict(path: str | Path, what: str = "") -> dict:
     import torch
 
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or not a torch file
-        raise ValueError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    obj = read_torch_file(path, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from core.files import atomic_write, read_torch_file
 from datasets.noisy import add_noise, to_grey
 from datasets.rain import add_rain, validate
 from models.losses import resguide_loss
@@ -430,29 +430,12 @@ class TrainingDiverged(RuntimeError):
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """torch.save through :func:`core.files.atomic_write` (never a half-written checkpoint)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
 
 
 def _load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file
-        raise ValueError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+    return read_torch_file(path)
 
 
 
