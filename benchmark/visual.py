@@ -82,7 +82,14 @@ class Panel:
     def record(self, fig_id: str) -> dict:
         return {"figure": fig_id, "row": self.row, "panel": self.label, "method": self.method,
                 "weights": self.weights, "image": self.name, "status": self.status, "error": self.error,
-                "psnr_y": self.metrics.get("psnr_y"), "ssim_y": self.metrics.get("ssim_y"), **self.extra}
+                "psnr_y": _stable(self.metrics.get("psnr_y")), "ssim_y": _stable(self.metrics.get("ssim_y")),
+                **self.extra}
+
+
+def _stable(value: float | None) -> float | None:
+    """``value`` to 12 decimals: the float64 metrics differ in their last bits with the thread
+    count, and a redrawn figure should give the same CSV bytes on any machine."""
+    return None if value is None else round(float(value), 12)
 
 
 # ---------------------------------------------------------------- helpers

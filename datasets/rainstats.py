@@ -363,9 +363,10 @@ def layer_stats(
         angles, weighted by the streak strength ``w = R`` on streak pixels:
         ``z = sum(w exp(2it)) / sum(w)``.  ``angle_deg = arg(z) / 2`` is the
         dominant direction; ``angle_spread_deg = sqrt(-2 ln|z|) / 2`` is the
-        axial circular standard deviation (0 for one direction; two equal
-        families at +-a give about ``a`` for small ``a``); ``coherence`` is
-        the ``w``-weighted mean of ``c``.
+        axial circular standard deviation (near 0 for one direction: only
+        the streak ends, where the tensor turns, add a few degrees; two
+        equal families at +-a give about ``a`` for small ``a``);
+        ``coherence`` is the ``w``-weighted mean of ``c``.
     width_px, length_px
         From the autocorrelation ``A`` of ``R`` (mean removed, computed over
         valid pixels only and normalised per lag by the number of valid
@@ -379,6 +380,10 @@ def layer_stats(
         and a flat profile of length ``L`` these are ``w`` and ``L``; for a
         Gaussian cross-section of standard deviation ``s`` the width is
         ``2.355 * sqrt(2) * s``; pixel sampling adds a fraction of a px.
+        Removing the mean is unbiased when streaks are placed independently
+        of each other (as in real rain and in the suite's renderer); evenly
+        spaced streaks that never overlap and cover a share ``c`` of the
+        image read shorter and narrower, by up to a factor ``1 - c``.
         Lags up to ``max_lag`` (default half the smaller image side) are
         searched; a profile still above half its maximum there gives
         ``2 * max_lag``, a lower bound.  With several streak directions the

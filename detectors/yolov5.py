@@ -117,6 +117,7 @@ _STORAGE_DTYPES = {
     "BoolStorage": torch.bool,
     "UntypedStorage": torch.uint8,
 }
+_DTYPES = {str(d).split(".")[1]: d for d in set(_STORAGE_DTYPES.values())}
 #: top-level packages whose classes are replaced by inert stand-ins
 _FOREIGN_PACKAGES = ("models", "utils")
 
@@ -214,8 +215,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return safe
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name, _STORAGE_DTYPES[name])
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+        if module == "torch" and name in _DTYPES:
+            return _DTYPES[name]
         if _is_foreign(module):
             key = (module, name)
             if key not in self._stand_ins:
@@ -272,12 +273,9 @@ def _unpickle(path: Path) -> Any:
             with archive.open(pkl[0]) as fh:
                 unpickler = _RestrictedUnpickler(fh, archive, prefix, path, little_endian=(order == "little"))
                 return unpickler.load()
-    except (ValueError, FileNotFoundError):
-        raise
-    except pickle.UnpicklingError as exc:
-        message = str(exc)
-        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from exc
-    except Exception as exc:  # a damaged archive or pickle stream
+    except Exception as exc:  # a damaged archive or pickle stream, or a refused global
+        if isinstance(exc, (ValueError, pickle.UnpicklingError)) and str(exc).startswith(str(path)):
+            raise ValueError(str(exc)) from exc
         raise ValueError(f"{path}: cannot read YOLOv5 checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
@@ -687,9 +685,9 @@ class YoloV5Detector(nn.Module):
     kept (low, 0.001, so AP sees the whole precision-recall curve);
     ``iou_thres`` -- class-aware NMS IoU (0.5); ``max_det`` -- detections kept per
     image (100); ``classes`` -- the class indices reported (default ``(2,)``: COCO
-    car only; ``None`` for all); ``batch_size`` -- images per forward pass
-    (images are grouped by letterboxed shape); ``device`` -- where the network
-    runs (outputs always come back on the CPU).  ``class_names[k]`` names label
+    car only; ``None`` for all); ``batch_size`` -- images letterboxed and run
+    together (one forward pass per letterboxed shape within such a chunk);
+    ``device`` -- where the network runs (outputs always come back on the CPU).  ``class_names[k]`` names label
     ``k`` (COCO names when the checkpoint records them).
     """
 
@@ -743,16 +741,16 @@ class YoloV5Detector(nn.Module):
         out: list[dict[str, torch.Tensor] | None] = [None] * len(images)
         try:
             with torch.inference_mode():
-                boxed = [letterbox(img.detach().float().cpu(), self.img_size, self.max_stride) for img in images]
-                groups: dict[tuple[int, int], list[int]] = {}
-                for k, (x, _) in enumerate(boxed):
-                    groups.setdefault(tuple(x.shape[1:]), []).append(k)
-                for members in groups.values():
-                    for start in range(0, len(members), self.batch_size):
-                        chunk = members[start : start + self.batch_size]
-                        batch = torch.stack([boxed[k][0] for k in chunk]).to(self.device)
+                for start in range(0, len(images), self.batch_size):
+                    boxed = {k: letterbox(images[k].detach().float().cpu(), self.img_size, self.max_stride)
+                             for k in range(start, min(start + self.batch_size, len(images)))}
+                    groups: dict[tuple[int, ...], list[int]] = {}
+                    for k, (x, _) in boxed.items():
+                        groups.setdefault(tuple(x.shape[1:]), []).append(k)
+                    for members in groups.values():
+                        batch = torch.stack([boxed[k][0] for k in members]).to(self.device)
                         preds = self.net(batch).float().cpu()
-                        for k, pred in zip(chunk, preds):
+                        for k, pred in zip(members, preds):
                             out[k] = self._postprocess(pred, boxed[k][1])
         finally:
             self.net.train(was_training)
