@@ -1,157 +1,21 @@
-"""Result cells: one (method, dataset, protocol) result per JSON file, written atomically.
+"""Deraining result cells: (method, dataset, weights) scored under the suite's one protocol.
 
-A cell holds its status (``ok`` / ``failed`` / ``skipped`` with the error), full-precision
-metrics, per-image values, the dataset's identity (release, version, fingerprint), the
-weights' identity, the profile, the seed, the code version and a fingerprint over all of
-the inputs that decide its numbers. A fresh ``ok`` cell is reused; a stale, failed,
-skipped or missing one is computed again, so a run that was killed resumes where it
-stopped.
+:func:`run_cell` opens the dataset, loads the method's weights, and reuses the stored cell
+when its fingerprint (protocol, method, weights, dataset, limit, seed) still matches; else it
+evaluates and stores a new one through :func:`core.store.settle`.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
-import os
-import re
-import subprocess
-import sys
-import traceback
-from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-
-from benchmark.metrics import PROTOCOL
-from core.files import atomic_write_text
-from benchmark.profiles import Profile
-
-CELL_FORMAT = 1
-REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class CellKey:
-    method: str
-    dataset: str
-    weights: str | None = None  # None = the method's default weights
-
-    @property
-    def id(self) -> str:
-        raw = f"{self.method}@{self.weights or 'default'}__{self.dataset}"
-        return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
-
-
-class Store:
-    """A folder of cell JSON files (``results/cells/<profile>/`` by default)."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def path(self, key: CellKey) -> Path:
-        return self.root / f"{key.id}.json"
-
-    def load(self, key: CellKey) -> dict | None:
-        p = self.path(key)
-        if not p.exists():
-            return None
-        try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            print(f"warning: ignoring unreadable cell {p}: {exc}", file=sys.stderr)
-            return None
-
-    def save(self, cell: dict) -> Path:
-        p = self.root / f"{cell['id']}.json"
-        atomic_write_text(p, json.dumps(cell, indent=1, sort_keys=True, allow_nan=True) + "\n")
-        return p
-
-    def all(self) -> dict[str, dict]:
-        cells = {}
-        for p in sorted(self.root.glob("*.json")):
-            try:
-                cell = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            cells[cell.get("id", p.stem)] = cell
-        return cells
-
-
-@dataclass
-class Context:
-    profile: Profile
-    data_root: Path | None
-    store: Store
-    force: bool = False
-    progress: bool = True
-    stats: dict = field(default_factory=lambda: {"computed": 0, "reused": 0, "kept": 0, "failed": 0, "skipped": 0})
-
-
-def fingerprint(parts: dict) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The git commit of the suite (with ``+dirty`` for local changes), or ``unknown``."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lambda stage: "weights") -> dict:
-    """Run ``compute(stage)`` for one cell and store the outcome; never raises for a bad input.
-
-    ``compute`` fills ``cell`` with ``status="ok"`` and returns None, or returns a stored cell
-    to reuse; it names what it is doing in ``stage["now"]``.  When an input is absent on this
-    machine (weights: reason ``skip_reason(stage)``; data: reason ``data``), a stored cell is
-    kept exactly as it is, whatever its status: it was made on a machine that had the input,
-    and a machine without it can neither confirm nor replace it.  With no stored cell, a
-    skipped one is written.  Any other error is recorded as failed and the run goes on.
-    """
-    from datasets.catalog import DatasetMissing
-    from models.registry import WeightsUnavailable
-
-    stage = {"now": "starting"}
-    try:
-        reused = compute(stage)
-        if reused is not None:
-            stats["reused"] += 1
-            return reused
-        stats["computed"] += 1
-    except (WeightsUnavailable, DatasetMissing) as exc:
-        old = store.load(key)
-        if old is not None:
-            stats["kept"] += 1
-            return old
-        reason = "data" if isinstance(exc, DatasetMissing) else skip_reason(stage["now"])
-        cell.update(status="skipped", skip_reason=reason, error=str(exc))
-        stats["skipped"] += 1
-    except Exception as exc:  # a failed cell is recorded and the run goes on
-        cell.update(status="failed", error=f"{type(exc).__name__} while {stage['now']}: {exc}",
-                    traceback=traceback.format_exc(limit=8))
-        stats["failed"] += 1
-        print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
-    cell.update(code_version=code_version(), created=_now())
-    store.save(cell)
-    return cell
+from benchmark.evaluate import evaluate
+from core.metrics import PROTOCOL
+from core.store import CELL_FORMAT, CellKey, Context, fingerprint, settle
+from datasets.catalog import is_embedded, open_dataset
+from datasets.noisy import refuse_seen_test_set
+from models import registry
 
 
 def run_cell(key: CellKey, ctx: Context) -> dict:
     """Reuse the stored cell when it is fresh, else compute it; never raises for a bad input."""
-    from benchmark.evaluate import evaluate
-    from datasets.catalog import is_embedded, open_dataset
-    from models import registry
-
     prof = ctx.profile
     cell = {
         "format": CELL_FORMAT,
@@ -172,8 +36,6 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
         desc = dataset.describe()
         stage["now"] = "loading the method"
         net, winfo = registry.load(key.method, key.weights, prof.name, ctx.data_root)
-        from datasets.noisy import refuse_seen_test_set
-
         refuse_seen_test_set(key.dataset, key.weights, winfo)
         fp = fingerprint({"protocol": PROTOCOL, "method": key.method, "weights": winfo,
                           "dataset": desc.get("fingerprint"), "n_images": len(dataset), "limit": limit,

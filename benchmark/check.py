@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmark.cells import Context, Store, atomic_write_text, run_cell
+from core.store import Context, Store
+from core.files import atomic_write_text
+from benchmark.cells import run_cell
 from benchmark.tables import TABLES
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smoke.json"
 DEFAULT_TOLERANCE = {"psnr": 0.05, "ssim": 0.002, "ap": 0.01, "coco": 0.01}
 #: detection cells of the gate: (derainer, rain) on the road scenes and the KITTI frames, with the
-#: shipped detector (see detectors.study.DET_PROFILES["smoke"])
+#: shipped detector (the smoke profile's detection settings, core.profiles)
 DETECTION_ROWS = (("none", "none"), ("none", "heavy"), ("resguidenet", "heavy"))
 DETECTION_DATASETS = ("roads", "KITTI")
 
@@ -37,7 +38,7 @@ def compute_smoke(data_root, progress: bool = True, methods=None, detection: boo
 
     With ``detection``, also the detection cells of :data:`DETECTION_ROWS` (AP metrics; a
     missing detector or dataset makes them skipped, i.e. not checked)."""
-    from benchmark.profiles import get_profile
+    from core.profiles import get_profile
     from datasets.catalog import data_root_from
     from models import registry
     from models.provider import training_allowed
@@ -52,7 +53,7 @@ def compute_smoke(data_root, progress: bool = True, methods=None, detection: boo
         with training_allowed(False):  # only shipped weights are checked: a model missing here is skipped
             cells = {k.id: run_cell(k, ctx) for k in keys}
         if detection:
-            from detectors.study import detect_cell
+            from benchmark.detection import detect_cell
 
             for dataset in DETECTION_DATASETS:
                 for derainer, rain in DETECTION_ROWS:

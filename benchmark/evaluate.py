@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark.metrics import image_metrics
+from core.metrics import image_metrics
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 HxWxC -> float32 1xCxHxW in [0, 1]; a float image (e.g. a noisy one) is taken as is."""

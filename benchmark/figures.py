@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.cells import CellKey, atomic_write_text
+from core.store import CellKey
+from core.files import atomic_write_text
 
 BLOCKS = ("1", "2", "3", "4", "5")
 
@@ -75,7 +76,7 @@ def get_figure(fig_id: str) -> FigureSpec:
 def dataset_for(rain: str, data_root) -> str:
     """Rain100L / Rain100H when they are under the data root, else the embedded set."""
     from datasets.names import resolve_dataset
-    from datasets.pairs import DatasetError
+    from core.errors import DatasetError
 
     real = {"light": "Rain100L", "heavy": "Rain100H"}[rain]
     if data_root is not None:
@@ -92,7 +93,7 @@ def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
     ``data_root`` here.  Such a figure is kept as it is: redrawing it here would swap its data for
     the embedded set (or draw nothing) and overwrite a result made on a machine with the data."""
     from datasets.names import canonical_name, resolve_dataset
-    from datasets.pairs import DatasetError
+    from core.errors import DatasetError
 
     out_dir = Path(out_dir)
     record, table = out_dir / f"{fig_id}.json", out_dir / f"{fig_id}.csv"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmark.cells import atomic_write_text
+from core.files import atomic_write_text
 
 #: Where and why the reproduction departs from the paper (kept in step with the README).
 DIFFERENCES = (

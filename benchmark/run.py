@@ -24,26 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark.cells import REPO, Context, Store, run_cell
-from benchmark.profiles import DEFAULT_PROFILE, PROFILES, get_profile
+from core.store import Context, Store
+from benchmark.cells import run_cell
+from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from benchmark.tables import TABLES, get_table, write_table
 from core.files import check_writable
-
-RESULTS = REPO / "results"
+from core.layout import RESULTS, cells_dir, output_dir, report_path
 
 
 def table_ids() -> tuple[str, ...]:
     """Every id `table` takes: the table specs, Table 4 (timings) and the detection AP table."""
     return (*TABLES, "table4", "ap")
-
-
-def cells_dir(results: Path, profile: str) -> Path:
-    return results / "cells" / profile
-
-
-def output_dir(results: Path, kind: str, profile: str) -> Path:
-    """results/<kind>/ for the default profile, results/<kind>/<profile>/ for the others."""
-    return results / kind if profile == DEFAULT_PROFILE else results / kind / profile
 
 
 def parameter_counts(methods) -> dict:
@@ -55,10 +46,6 @@ def parameter_counts(methods) -> dict:
             net, _ = registry.load(m, "init")
             out[m] = registry.count_parameters(net)
     return out
-
-
-def report_path(results: Path, profile: str) -> Path:
-    return results / ("REPORT.md" if profile == DEFAULT_PROFILE else f"REPORT-{profile}.md")
 
 
 def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path, profile, data_root,
@@ -87,7 +74,7 @@ def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path
         runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
         print(f"wrote {figures.draw(fig, cells, data_root, fdir, runtimes)}")
     if ap_wanted:
-        from detectors.study import ap_table
+        from benchmark.ap_table import ap_table
 
         for p in ap_table(profile.name, data_root, results=results, compute=False):
             print(f"wrote {p}")
@@ -159,7 +146,7 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
             state = f"stored ({old.get('status')})" if old else "missing"
             print(f"  {k.id}: {state}")
         if ap_wanted:
-            from detectors.study import ap_dry_run
+            from benchmark.detection import ap_dry_run
             print("\n".join(ap_dry_run(profile.name, results)))
         return 0
     check_writable(store.root, output_dir(results, "tables", profile.name), fdir)
@@ -171,7 +158,7 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
             run_cell(key, ctx)
     s = ctx.stats
     if ap_wanted:  # the detection cells, before rendering so that the report shows them
-        from detectors.study import ap_cells
+        from benchmark.detection import ap_cells
         ap_cells(profile.name, data_root, results=results, force=force, progress=progress,
                  train_missing=train_missing, stats=s)
     with training_allowed(train_missing):
@@ -204,7 +191,7 @@ def draw_pictures(visual_ids, profile, data_root, out_dir: Path) -> int:
     """Draw each picture figure; one that fails is reported and the others are drawn.  Returns
     how many failed (a figure with a failed panel counts)."""
     from benchmark.visual import draw_visual
-    from models.registry import WeightsUnavailable
+    from core.errors import WeightsUnavailable
 
     bad = 0
     for fid in visual_ids:
@@ -305,7 +292,7 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
     (0-255 scale), grey or ``colour`` (default: the method's own channels, grey for resguidenet)."""
     from datasets.catalog import data_root_from
     from models import provider, registry
-    from models.train import denoise_tag
+    from core.weights import denoise_tag
 
     get_profile(profile_name)
     spec = registry.get(method)
@@ -492,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_detect(args) -> int:
     """One detection cell; prints its summary as one JSON line (exit 2 when skipped or failed)."""
     from datasets.catalog import data_root_from
-    from detectors.study import contract, detect_cell
+    from benchmark.detection import contract, detect_cell
 
     get_profile(args.profile)
     cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
@@ -509,7 +496,7 @@ def cmd_detect(args) -> int:
 
 def cmd_train_detector(args) -> int:
     from datasets.catalog import data_root_from
-    from detectors.study import train_detector_cmd
+    from detectors.zoo import train_detector_cmd
 
     get_profile(args.profile)
     res = train_detector_cmd(args.detector, args.profile, data_root_from(args.data_root), args.max_seconds,

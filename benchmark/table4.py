@@ -17,14 +17,15 @@ import io
 import json
 from pathlib import Path
 
-from benchmark.cells import REPO, atomic_write_text
+from core.files import atomic_write_text
+from core.layout import RESULTS
 
 METHODS = (("gmm", "GMM"), ("ddn", "DDN"), ("jorder", "JORDER"), ("did_mdn", "DID-MDN"),
            ("resguidenet_3", "ResGuideNet_3"), ("resguidenet", "ResGuideNet"), ("prenet", "PReNet*"))
 #: Table 4 of the paper (seconds per 500×500 image; CPU and GTX 1080 GPU as printed).
 PAPER = {"cpu": {"gmm": 1990, "ddn": 1.51, "jorder": 295, "did_mdn": 4.20, "resguidenet_3": 1.26, "resguidenet": 3.15},
          "gpu": {"ddn": 0.16, "jorder": 0.18, "did_mdn": 0.14, "resguidenet_3": 0.06, "resguidenet": 0.11}}
-GPU_RECORDS = REPO / "results" / "runtime"
+GPU_RECORDS = RESULTS / "runtime"
 #: CPU variants: name -> (dtype, compiled). Uncompiled bfloat16 and both compiled ones run channels-last.
 VARIANTS = {"float32": ("float32", False), "bfloat16": ("bfloat16", False),
             "float32-compiled": ("float32", True), "bfloat16-compiled": ("bfloat16", True)}

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.cells import CellKey, atomic_write_text
+from core.store import CellKey
+from core.files import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.cells import atomic_write_text, fingerprint
+from core.files import atomic_write_text
+from core.store import fingerprint
+from core.errors import WeightsUnavailable
 
 #: Bump when a figure's pixels or numbers would change for the same data and weights.
 VISUAL_VERSION = 1
@@ -117,7 +119,7 @@ def _load(method: str, weights: str | None, profile, data_root):
 
     try:
         net, info = registry.load(method, weights, profile.name, data_root)
-    except (registry.WeightsUnavailable, FileNotFoundError) as exc:
+    except (WeightsUnavailable, FileNotFoundError) as exc:
         return None, ("skipped", str(exc))
     except Exception as exc:  # a broken checkpoint: the panel says so, the figure goes on
         return None, ("failed", f"{type(exc).__name__}: {exc}")
@@ -146,7 +148,7 @@ def _block_outputs(full, rainy: np.ndarray) -> list[np.ndarray]:
 
 
 def _metric_panel(row, label, out, clean, **kw) -> Panel:
-    from benchmark.metrics import image_metrics, to_uint8
+    from core.metrics import image_metrics, to_uint8
 
     m = image_metrics(out, clean)
     return Panel(row, label, to_uint8(out), metrics={"psnr_y": m["psnr_y"], "ssim_y": m["ssim_y"]}, **kw)
@@ -218,7 +220,7 @@ def second_layer_maps(full, rainy: np.ndarray) -> np.ndarray:
 
 def rain_mask(rainy: np.ndarray, clean: np.ndarray, step: float = RAIN_LUMA_STEP) -> np.ndarray:
     """Pixels whose luma the rain raised by more than ``step`` (MATLAB Y, 0-1 scale)."""
-    from benchmark.metrics import rgb2y
+    from core.metrics import rgb2y
 
     return (rgb2y(rainy) - rgb2y(clean)) > step
 
@@ -285,8 +287,10 @@ def _fig10(profile, data_root):
 
 def _fig12(profile, data_root):
     from benchmark.evaluate import run_model, to_tensor
-    from benchmark.metrics import to_uint8
-    from detectors.study import default_derainer_weights, detection_dataset, get_detector, rainy
+    from core.metrics import to_uint8
+    from benchmark.detection import default_derainer_weights
+    from detectors.zoo import get_detector
+    from datasets.detection import detection_dataset, rainy
 
     ds = detection_dataset("roads", None, profile.name)
     det = get_detector(None, None, profile.name)
@@ -438,7 +442,7 @@ def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
     (an unreadable dataset, a missing detector)."""
     import pandas as pd
 
-    from benchmark.cells import code_version
+    from core.store import code_version
 
     if fig_id not in VISUALS:
         raise ValueError(f"unknown picture figure {fig_id!r}; choose one of {', '.join(VISUALS)}")

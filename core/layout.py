@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.profiles import DEFAULT_PROFILE
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
-DEFAULT_PROFILE = "quick"
 #: Weights shipped in the repository (found before the cache).
 WEIGHTS_DIR = RESULTS / "weights"
 

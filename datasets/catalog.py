@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from core.errors import DatasetMissing
 
 EMBEDDED = {"embedded-light": "light", "embedded-heavy": "heavy"}
-
-
-class DatasetMissing(LookupError):
-    """A registered dataset that is not under the data root: its cells are skipped, not failed."""
 
 
 def data_root_from(arg: str | os.PathLike | None) -> Path | None:
@@ -30,7 +27,8 @@ def open_dataset(name: str, data_root: Path | None, size: int, seed: int, limit:
     """
     from datasets.embedded import EmbeddedPairs
     from datasets.names import canonical_name, resolve_dataset
-    from datasets.pairs import DatasetError, FolderPairs
+    from core.errors import DatasetError
+    from datasets.pairs import FolderPairs
 
     from datasets.noisy import NoisyImages, is_noisy
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Sequence
 
 from datasets.names import canonical_name
-from datasets.pairs import DatasetError
-
-if TYPE_CHECKING:   # pragma: no cover
-    from datasets.pairs import Pair
+from core.errors import DatasetError
 
 __all__ = ["sha256_file", "manifest", "fingerprint_of", "identify", "KNOWN_RELEASES"]
 
@@ -97,7 +94,7 @@ def manifest(root: Path, files: Iterable[Path]) -> dict:
     return {"files": ordered, "fingerprint": fingerprint_of(ordered), "n_files": len(ordered)}
 
 
-def identify(root: Path, pairs: list["Pair"]) -> dict:
+def identify(root: Path, pairs: Sequence) -> dict:
     """Which release ``pairs`` (found in ``root``) are, from their file hashes.
 
     Returns ``{"fingerprint", "n_files", "known", "release", "version", "source",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from datasets.pairs import DatasetError
+from core.errors import DatasetError
 
 __all__ = [
     "REGISTERED", "ALIASES", "DATA_ROOT_ENV", "MAX_SEARCH_DEPTH",

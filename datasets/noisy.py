@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmark.metrics import psnr, ssim, to_uint8
+from core.metrics import psnr, ssim, to_uint8
 
 #: set name -> (folder under the data root, colour?)
 SETS = {"bsd68": ("BSD68", False), "cbsd68": ("CBSD68", True),
@@ -64,7 +64,7 @@ class NoisyImages:
     task = "denoise"
 
     def __init__(self, name: str, data_root: Path | None, seed: int = 0, limit: int | None = None):
-        from datasets.catalog import DatasetMissing
+        from core.errors import DatasetMissing
 
         parsed = parse_name(name)
         if parsed is None:
@@ -156,7 +156,7 @@ def refuse_seen_test_set(dataset: str, weights, winfo: dict | None = None) -> No
     parsed = parse_name(str(dataset))
     if parsed is None or parsed[0] not in INSIDE_TRAIN_VAL:
         return
-    from models.train import parse_denoise_tag
+    from core.weights import parse_denoise_tag
 
     data = (winfo or {}).get("training_data") or ""
     source = str(data.get("source", "")) if isinstance(data, dict) else str(data)

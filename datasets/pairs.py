@@ -38,6 +38,8 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile
+from core.errors import DatasetError
+from datasets.manifest import identify
 
 __all__ = [
     "DatasetError",
@@ -75,8 +77,7 @@ _RAIN1400_CLEAN = re.compile(r"^(\d+)$")
 _MAX_LISTED = 10   # problems quoted in one error message
 
 
-class DatasetError(ValueError):
-    """A dataset folder or image file is missing, malformed or inconsistent."""
+
 
 
 @dataclass(frozen=True)
@@ -547,7 +548,6 @@ class FolderPairs:
         ``limit`` still records which release its images were drawn from;
         ``n_images`` is the number actually used.
         """
-        from datasets.manifest import identify   # late import: manifest imports this module
 
         if self._identity is None:
             self._identity = identify(self.root, self._found)

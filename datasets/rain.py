@@ -118,21 +118,36 @@ class RainLayer:
 class RainParams:
     """A full rain model: streak layers, blend mode and veiling strength.
 
+    blend:        how the streak map ``S`` (:func:`rain_mask`) is composed
+                  over the background ``B``: ``"screen"``
+                  ``O = 1 - (1 - B)(1 - S)`` or ``"additive"``
+                  ``O = min(B + S, 1)`` (the same grey ``S`` on every
+                  channel; how the real Rain100H-pipeline pairs are made).
+    veil:         strength ``v`` of the veiling layer mixed in after the
+                  blend, ``O = (1 - v) O + v A`` with a random airlight
+                  ``A`` (this dims bright backgrounds, so it is not additive).
     angle_jitter: half-width (degrees) of a uniform random rotation shared
                   by all layers of one image (the wind direction), on top of
                   each layer's own angle and jitter.  0 = none.
+    haze:         a uniform grey level added to the streak map itself
+                  (``S = streaks + haze``, clipped to 1): a veil that is
+                  part of the rain layer, e.g. additive haze.  0 = none (and
+                  then nothing changes for the presets that predate it).
     """
 
     layers: tuple[RainLayer, ...]
     blend: str = "screen"
     veil: float = 0.0
     angle_jitter: float = 0.0
+    haze: float = 0.0
 
     def __post_init__(self) -> None:
         if self.blend not in ("screen", "additive"):
             raise ValueError(f"blend must be 'screen' or 'additive', got {self.blend!r}")
         if not 0.0 <= self.veil <= 1.0:
             raise ValueError(f"veil must be in [0, 1], got {self.veil}")
+        if not 0.0 <= self.haze <= 1.0:
+            raise ValueError(f"haze must be in [0, 1], got {self.haze}")
         if self.angle_jitter < 0:
             raise ValueError("angle_jitter must be non-negative")
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -341,7 +356,7 @@ def streak_layer(
 
 
 def rain_mask(shape: tuple[int, int], params: RainParams, rng: np.random.Generator) -> np.ndarray:
-    """Combined streak map of all layers (screen-combined), float64 HxW in [0, 1]."""
+    """Combined streak map of all layers (screen-combined, plus ``params.haze``), float64 HxW in [0, 1]."""
     params = resolve(params)
     h, w = int(shape[0]), int(shape[1])
     offset = 0.0
@@ -350,7 +365,10 @@ def rain_mask(shape: tuple[int, int], params: RainParams, rng: np.random.Generat
     inv = np.ones((h, w), dtype=np.float64)
     for layer in params.layers:
         inv *= 1.0 - streak_layer((h, w), layer, rng, angle_offset=offset)
-    return np.clip(1.0 - inv, 0.0, 1.0)
+    out = 1.0 - inv
+    if params.haze > 0:
+        out += params.haze
+    return np.clip(out, 0.0, 1.0)
 
 
 def _as_unit_float(img: np.ndarray) -> np.ndarray:

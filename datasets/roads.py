@@ -17,7 +17,7 @@ A scene (default ``size=(H, W) = (192, 576)``, KITTI's 1:3 aspect):
   lights, dark underbody) labelled ``Car``, and about one in five a boxy van
   (taller, one-box body) labelled ``Van``.
 
-Labels are :class:`detectors.kitti.Object`:
+Labels are :class:`datasets.kitti.Object`:
 
 * ``bbox`` is tight around the vehicle's drawn pixels *inside the image*
   (occluded parts included: the amodal silhouette, clipped at the border), in
@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from datasets.embedded import clean_images
-from detectors.kitti import Object
+from datasets.kitti import Object
 
 __all__ = [
     "DEFAULT_SIZE",

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -37,7 +36,7 @@ import numpy as np
 from .kitti import Object
 from .kitti_eval import _as_detection
 
-__all__ = ["coco_car_ap", "IGNORE_TYPES", "COCO_TYPES", "read_coco_labels"]
+__all__ = ["coco_car_ap", "IGNORE_TYPES"]
 
 IGNORE_TYPES = ("Van", "DontCare")
 _CAR_ID = 1
@@ -136,60 +135,3 @@ def coco_car_ap(
     }
 
 
-#: COCO category names (lower case) -> KITTI types; crowd annotations become DontCare
-COCO_TYPES = {"car": "Car", "van": "Van"}
-
-
-def read_coco_labels(json_path) -> tuple[list[str], list[Path], list[list[Object]]]:
-    """A user's labelled images in a COCO JSON file -> (ids, image paths, KITTI ``Object`` labels).
-
-    The second, real-rain data source of the detection study.  ``bbox`` ``[x, y, w, h]``
-    becomes ``(x, y, x + w, y + h)``; category ``car`` -> ``Car``, ``van`` -> ``Van``, any
-    other name is kept as its capitalised name (not counted for Car; a detection on it is a
-    false positive, as in KITTI); ``iscrowd=1`` -> ``DontCare``.  A COCO file has no
-    truncation or occlusion, so both are 0 (only the difficulty's height limit applies).
-    Images are looked for at ``file_name`` relative to the JSON's folder, then under its
-    ``images/`` subfolder.  Read with pycocotools; a missing file, image or malformed entry
-    raises ValueError naming the file and the entry.
-    """
-    from pycocotools.coco import COCO
-
-    json_path = Path(json_path)
-    if not json_path.is_file():
-        raise ValueError(f"COCO labels {json_path} do not exist")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(json_path))
-    except Exception as exc:
-        raise ValueError(f"{json_path}: not a COCO annotation file ({type(exc).__name__}: {exc})") from exc
-    names = {c["id"]: str(c.get("name", "")).lower() for c in coco.dataset.get("categories", [])}
-    ids, paths, labels = [], [], []
-    for image_id in sorted(coco.getImgIds()):
-        info = coco.imgs[image_id]
-        if "file_name" not in info:
-            raise ValueError(f"{json_path}: image {image_id} has no file_name")
-        candidates = [json_path.parent / info["file_name"], json_path.parent / "images" / info["file_name"]]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            raise ValueError(f"{json_path}: image {image_id} file {info['file_name']} not found "
-                             f"(looked in {json_path.parent} and {json_path.parent / 'images'})")
-        objects = []
-        for ann in coco.imgToAnns.get(image_id, []):
-            box = ann.get("bbox")
-            if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
-                    isinstance(v, (int, float)) and math.isfinite(v) for v in box) or box[2] < 0 or box[3] < 0:
-                raise ValueError(f"{json_path}: annotation {ann.get('id')} of image {image_id}: bbox must be "
-                                 f"[x, y, w, h] with w, h >= 0, got {box!r}")
-            if ann.get("category_id") not in names:
-                raise ValueError(f"{json_path}: annotation {ann.get('id')}: unknown category_id {ann.get('category_id')!r}")
-            name = names[ann["category_id"]]
-            kind = "DontCare" if ann.get("iscrowd") else COCO_TYPES.get(name, name.capitalize() or "Other")
-            x, y, w, h = (float(v) for v in box)
-            objects.append(Object(type=kind, truncated=-1.0 if kind == "DontCare" else 0.0,
-                                  occluded=-1 if kind == "DontCare" else 0, bbox=(x, y, x + w, y + h)))
-        ids.append(Path(info["file_name"]).stem)
-        paths.append(path)
-        labels.append(objects)
-    if not ids:
-        raise ValueError(f"{json_path}: no images")
-    return ids, paths, labels

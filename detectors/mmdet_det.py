@@ -11,7 +11,7 @@ is all that a two-stage Faster R-CNN needs (other mmcv ops are stand-ins that ra
 - ``det(images)``: a list of 3xHxW float tensors in [0, 1] (RGB; sizes may differ) ->
   per image ``{"boxes": Nx4 (x1, y1, x2, y2) in input pixels, "labels": N int64 (1 = Car),
   "scores": N}``, on the CPU, without gradients;
-- ``det.detect_objects(images, score_min=0.0)``: :class:`detectors.kitti.Object` lists
+- ``det.detect_objects(images, score_min=0.0)``: :class:`datasets.kitti.Object` lists
   (through :func:`detectors.torchvision_det.to_objects`).
 
 Images go through the config's own test pipeline (``test_dataloader.dataset.pipeline``,

@@ -12,7 +12,7 @@ The :class:`Detector` follows torchvision's detection contract:
 differ) and returns, per image, ``{"boxes": Nx4 (x1, y1, x2, y2) in input
 pixels, "labels": N int64, "scores": N}``, in eval mode, without gradients, on
 the CPU.  :func:`to_objects` turns one such output into
-:class:`detectors.kitti.Object` detections (``type="Car"``, score set) that
+:class:`datasets.kitti.Object` detections (``type="Car"``, score set) that
 :func:`detectors.kitti_eval.kitti_car_ap` and :func:`detectors.coco_eval.coco_car_ap`
 take directly.
 
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from core.files import read_torch_file
-from detectors.kitti import Object
+from datasets.kitti import Object
 from models.registry import first_mismatch
 
 __all__ = ["DETECTORS", "DEFAULT_DETECTOR", "CLASS_NAMES", "LIGHT_DEFAULTS", "Detector", "TinyBackbone",

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from detectors.kitti import Object
+from datasets.kitti import Object
 from models.train import TrainingDiverged, _last_good, _logger, restore_checkpoint, write_checkpoint
 
 __all__ = ["DetTrainConfig", "TrainingDiverged", "prepare_samples", "batch_plan", "train_detector", "DEFAULT_LR"]
@@ -211,7 +211,7 @@ def train_detector(
 
     ``samples``: ``(image, objects)``, ``(name, image, objects)`` (as
     :func:`datasets.roads.road_scenes` returns) or ``(image, objects, id)`` (as
-    :class:`detectors.kitti.KittiDetection` yields); images uint8 HxWx3 arrays or
+    :class:`datasets.kitti.KittiDetection` yields); images uint8 HxWx3 arrays or
     3xHxW tensors (float in [0, 1] or uint8).  ``lr`` defaults to
     ``DEFAULT_LR[optimizer]``.  ``max_seconds`` stops this call early, with a
     checkpoint, once that much wall time has passed (rerun to resume).

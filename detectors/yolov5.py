@@ -43,7 +43,7 @@ multiple of the largest stride with grey 114/255 -- the input statistics the
 network was trained with.  Scores are objectness x class probability, one
 candidate per (box, class) pair above ``conf_thres`` (what AP evaluation wants),
 followed by class-aware NMS.  :func:`to_objects` turns an output into
-:class:`detectors.kitti.Object` detections for the KITTI / COCO evaluators.
+:class:`datasets.kitti.Object` detections for the KITTI / COCO evaluators.
 
 ``img_size`` defaults to 1280: KITTI frames are 1242x375, so that is about their
 native scale; at 640 most distant cars fall below the network's smallest anchors.
@@ -67,7 +67,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from detectors.kitti import Object
+from datasets.kitti import Object
 
 __all__ = [
     "COCO_CAR",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.metrics import psnr
+from core.metrics import psnr
 
 
 class AutoExit(nn.Module):

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, first_mismatch, read_state_dict, register
+from core.errors import WeightsUnavailable
+from models.registry import file_identity, first_mismatch, read_state_dict, register
 
 #: The authors' checkpoints, relative to a folder laid out like their repository.
 AUTHOR_FILES = {

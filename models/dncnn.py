@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.registry import WeightsUnavailable, file_identity, first_mismatch, read_state_dict, register
+from core.errors import WeightsUnavailable
+from models.registry import file_identity, first_mismatch, read_state_dict, register
 
 #: MatConvNet's vl_nnbnorm epsilon (its stored moments are [mean, sqrt(var + eps)]).
 BN_EPS = 1e-4
@@ -249,7 +250,7 @@ def _factory(channels: int, example: str):
 
     def factory(weights, profile, data_root):
         from models import provider
-        from models.train import denoise_tag, parse_denoise_tag
+        from core.weights import denoise_tag, parse_denoise_tag
 
         net = DnCNN(channels=channels)
         if weights == "init":

@@ -8,7 +8,7 @@ with a pixel term plus a structural term (paper Eq. 1)::
 and the total loss is the mean of that over all M + 1 outputs (Eq. 2).
 
 :func:`ssim_torch` is a differentiable copy of the suite's metric
-(:func:`benchmark.metrics.ssim`, Wang et al.'s ``ssim_index``): an 11x11 Gaussian
+(:func:`core.metrics.ssim`, Wang et al.'s ``ssim_index``): an 11x11 Gaussian
 window with sigma 1.5, K1 = 0.01, K2 = 0.03, statistics over the 'valid' region only.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from benchmark.metrics import gaussian_window
+from core.metrics import gaussian_window
 
 __all__ = ["ssim_torch", "block_loss", "resguide_loss", "SSIM_EPS", "SSIM_FLOOR"]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextvars
 import datetime as _dt
 import json
-import os
 import shutil
 import sys
 from dataclasses import asdict
@@ -29,13 +28,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.registry import REPO, WeightsUnavailable, file_identity
+from models.registry import file_identity
+from core.errors import WeightsUnavailable
+from core.layout import WEIGHTS_DIR, cache_root
 
-WEIGHTS_DIR = REPO / "results" / "weights"
 #: The rain tags the suite trains derainers for (a ``weights`` value that means "trained here").
 RAIN_TAGS = ("light", "heavy", "ddn")
 #: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
-CACHE_DIR = Path(os.environ.get("RESGUIDE_CACHE") or REPO / "results" / "cache") / "weights"
+CACHE_DIR = cache_root() / "weights"
 
 
 _TRAINING_ALLOWED = contextvars.ContextVar("training_allowed", default=True)
@@ -82,7 +82,7 @@ def weights_name(family: str, tag: str, profile: str) -> str:
 
 def _what(tag: str) -> str:
     """``light rain`` or ``denoising, sigma 30, grey`` (for messages)."""
-    from models.train import parse_denoise_tag
+    from core.weights import parse_denoise_tag
 
     denoise = parse_denoise_tag(tag)
     if denoise is None:
@@ -92,7 +92,7 @@ def _what(tag: str) -> str:
 
 def train_command(family: str, tag: str, profile: str, data_root=None, device: str = "cpu") -> str:
     """The ``benchmark.run train`` command that makes the weights ``family``-``tag``-``profile``."""
-    from models.train import parse_denoise_tag
+    from core.weights import parse_denoise_tag
 
     denoise = parse_denoise_tag(tag)
     what = f"--rain {tag}" if denoise is None else f"--sigma {denoise[0]} {'--color' if denoise[1] else '--grey'}"
@@ -121,11 +121,10 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
 
     ``recipe`` overrides TrainConfig fields (optimizer, loss, lr, batch, patch) for methods that
     train their own way; a denoising ``tag`` sets task, sigma and channels."""
-    from benchmark.cells import code_version
-    from benchmark.profiles import get_profile
-    from models.train import (NoisyPatchSampler, PairedPatchSampler, PatchSampler, TrainConfig,
-                              denoise_training_images, parse_denoise_tag, real_training_pairs, save_weights,
-                              train, training_images)
+    from core.store import code_version
+    from core.profiles import get_profile
+    from models.train import (NoisyPatchSampler, PairedPatchSampler, PatchSampler, TrainConfig, denoise_training_images, real_training_pairs, save_weights, train, training_images)
+    from core.weights import parse_denoise_tag
 
     profile = get_profile(profile_name)
     name = weights_name(family, tag, profile_name)
@@ -232,7 +231,7 @@ def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], d
     record = make()
     if weights_sha256 is not None:
         record = {**record, "weights_sha256": weights_sha256}
-    from benchmark.cells import atomic_write_text
+    from core.files import atomic_write_text
 
     atomic_write_text(CACHE_DIR / name, json.dumps(record, indent=1) + "\n")
     return record
@@ -243,7 +242,8 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
             recipe: dict | None = None) -> tuple[nn.Module, dict]:
     """A trained ``family`` model for ``tag`` (a rain type, or ``denoise[-color]-sSIGMA``) under
     ``profile``, with its weights identity; ``recipe``: see :func:`train_now`."""
-    from models.train import load_weights, parse_denoise_tag
+    from models.train import load_weights
+    from core.weights import parse_denoise_tag
 
     path = find(family, tag, profile)
     if path is None and not _TRAINING_ALLOWED.get():
@@ -252,7 +252,7 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
         raise WeightsUnavailable(
             f"{family} is not trained for {_what(tag)} in the {profile} profile: run "
             f"`{train_command(family, tag, profile, root)}` (or pass --train-missing)")
-    from benchmark.profiles import get_profile
+    from core.profiles import get_profile
 
     with torch.random.fork_rng(devices=[]):  # the starting weights are a function of the seed alone
         torch.manual_seed(get_profile(profile).seed)

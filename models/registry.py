@@ -24,6 +24,8 @@ from typing import Callable
 from torch import nn
 
 from core.files import read_torch_file
+from core.errors import UnknownMethod, WeightsUnavailable
+from core.layout import REPO
 
 Factory = Callable[[str | None, str, "Path | None"], tuple[nn.Module, dict]]
 
@@ -40,11 +42,6 @@ class MethodSpec:
 
 
 REGISTRY: dict[str, MethodSpec] = {}
-
-
-class WeightsUnavailable(LookupError):
-    """The requested weights do not exist here (not trained by the suite yet, or an official
-    checkpoint that is not under the data root): the cell is skipped, not failed."""
 
 
 #: Where the authors' released checkpoints sit under the data root (``--weights official``).
@@ -68,11 +65,6 @@ def official_weights(method: str, data_root: Path | None) -> Path:
     if not any(c.exists() for c in candidates):
         raise WeightsUnavailable(f"{method}: no official checkpoint at {path}")
     return path
-
-
-class UnknownMethod(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
 
 
 def register(name: str, *, paper_name: str | None = None, version: str = "1", task: str = "derain",
@@ -124,7 +116,6 @@ def count_parameters(net: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "all_variables": params + buffers}
 
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def read_state_dict(path: str | Path, what: str = "") -> dict:

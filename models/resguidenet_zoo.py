@@ -73,7 +73,7 @@ def _channels_of(meta: dict | None) -> int:
 
 def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim: bool = True):
     def factory(weights, profile, data_root):
-        from models.train import parse_denoise_tag
+        from core.weights import parse_denoise_tag
 
         def make(channels: int = 3):
             return build(variant, channels=channels)[0]
@@ -131,11 +131,11 @@ for _name, (_paper, _variant, _ssim, _desc) in ABLATIONS.items():
 
 def _auto(weights, profile, data_root):
     """ResGuideNet with the automatic exit; the threshold is calibrated on training patches."""
-    from benchmark.profiles import get_profile
+    from core.profiles import get_profile
     from models.autoexit import AutoExit, calibrate
     from models.train import PatchSampler, training_images
 
-    from models.train import parse_denoise_tag
+    from core.weights import parse_denoise_tag
 
     if parse_denoise_tag(weights) is not None:
         raise ValueError(f"resguidenet_auto calibrates its exit on rainy patches; it has no denoising weights "

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import re
 
 import numpy as np
 import torch
@@ -50,8 +48,6 @@ __all__ = [
     "load_weights",
     "training_images",
     "denoise_training_images",
-    "denoise_tag",
-    "parse_denoise_tag",
     "dncnn_loss",
     "HISTORY_EVERY",
 ]
@@ -125,24 +121,6 @@ class TrainConfig:
         """The learning rate of 1-based ``step``: ``lr`` times 0.1 per drop fraction it has passed."""
         passed = sum(step > f * self.iterations for f in self.lr_drops)
         return self.lr * 0.1 ** passed
-
-
-_DENOISE_TAG = re.compile(r"^denoise(?P<color>-color)?-s(?P<sigma>[0-9]+)$")
-
-
-def denoise_tag(sigma: int, colour: bool) -> str:
-    """The weights tag of a denoiser: ``denoise-s30`` (grey) or ``denoise-color-s30`` (colour)."""
-    return f"denoise{'-color' if colour else ''}-s{int(sigma)}"
-
-
-def parse_denoise_tag(tag) -> tuple[int, bool] | None:
-    """``"denoise-s30"`` -> ``(30, False)``, ``"denoise-color-s70"`` -> ``(70, True)``; None for any
-    other string (a rain tag, a path). Only the canonical spelling is a tag, so that one model has
-    one weights file."""
-    m = _DENOISE_TAG.match(str(tag)) if tag is not None else None
-    if m is None:
-        return None
-    return int(m["sigma"]), bool(m["color"])
 
 
 # --------------------------------------------------------------------------
@@ -436,7 +414,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def _load(path: Path) -> Any:
     return read_torch_file(path)
-
 
 
 def _load_state_strict(net: torch.nn.Module, state: Any, path: Path) -> None:

@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from benchmark.cells import CellKey, Context, Store, run_cell
-from benchmark.profiles import get_profile
+from core.store import CellKey, Context, Store
+from benchmark.cells import run_cell
+from core.profiles import get_profile
 from models.registry import REGISTRY, register
 
 CALLS = {"n": 0}

@@ -9,6 +9,7 @@ from datasets.embedded import clean_images
 from models import registry
 from models.ddn import DDN, PAPER_PARAMS, build_ddn, guided_filter, tf_names
 from models.tf_checkpoint import masked_crc32c, read_checkpoint, read_entries, snappy_decompress
+from core.errors import WeightsUnavailable
 
 # --------------------------------------------------------------------------- a tiny checkpoint writer
 
@@ -188,9 +189,9 @@ def test_missing_weights_name_the_train_command_or_the_checkpoint(no_weights):
     from models import provider
 
     with provider.training_allowed(False):
-        with pytest.raises(registry.WeightsUnavailable, match="benchmark.run train ddn --rain heavy --profile quick"):
+        with pytest.raises(WeightsUnavailable, match="benchmark.run train ddn --rain heavy --profile quick"):
             registry.load("ddn", "heavy")
-    with pytest.raises(registry.WeightsUnavailable, match="data root"):
+    with pytest.raises(WeightsUnavailable, match="data root"):
         registry.load("ddn", "official")
     with pytest.raises(FileNotFoundError):
         build_ddn("/nonexistent/model", "quick", None)

@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 
 import models.train as mt
-from benchmark.profiles import PROFILES, Profile
+from core.profiles import PROFILES, Profile
 from benchmark.run import main
 from datasets.embedded import clean_images
 from datasets.noisy import NoisyImages, _noise_seed, add_noise, to_grey
 from models import provider
 from models.dncnn import BN_GAMMA_MIN, DnCNN, dncnn_init_, train_recipe
 from models.resguidenet import ResGuideNet, build
-from models.train import (NoisyPatchSampler, TrainConfig, denoise_tag, denoise_training_images, parse_denoise_tag,
-                          save_weights, train)
+from models.train import NoisyPatchSampler, TrainConfig, denoise_training_images, save_weights, train
+from core.weights import denoise_tag, parse_denoise_tag
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

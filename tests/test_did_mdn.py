@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import models.did_mdn as did
-from models.registry import WeightsUnavailable, count_parameters
+from core.errors import WeightsUnavailable
+from models.registry import count_parameters
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.dncnn import BN_EPS, DnCNN, load_dncnn_mat, matlab_filters_to_torch
-from models.registry import REGISTRY, WeightsUnavailable, count_parameters
+from models.registry import REGISTRY, count_parameters
+from core.errors import WeightsUnavailable
 
 h5py = pytest.importorskip("h5py")
 

@@ -7,11 +7,13 @@ from fractions import Fraction
 
 import pytest
 
-from benchmark.cells import CellKey, Context, Store, run_cell
-from benchmark.profiles import get_profile
+from core.store import CellKey, Context, Store
+from benchmark.cells import run_cell
+from core.profiles import get_profile
 from benchmark.run import main
 from core.files import atomic_write_text, read_torch_file
-from models.registry import REGISTRY, WeightsUnavailable, register
+from models.registry import REGISTRY, register
+from core.errors import WeightsUnavailable
 
 if "test_no_weights" not in REGISTRY:
     def _absent(w, p, d):
@@ -54,7 +56,7 @@ def test_cell_without_weights_and_without_a_stored_cell_is_skipped(tmp_path):
 
 
 def test_detection_cell_without_its_detector_keeps_the_stored_cell(tmp_path, no_weights):
-    from detectors.study import detect_cell
+    from benchmark.detection import detect_cell
 
     results = tmp_path / "results"
     first = detect_cell("none", "roads", "heavy", profile="smoke", results=results)

@@ -262,7 +262,7 @@ def test_tiling_and_transpose(one_thread):
 
 
 def test_colour_conversion_matches_the_metrics_luma():
-    from benchmark.metrics import rgb2y
+    from core.metrics import rgb2y
 
     rgb = torch.rand(1, 3, 5, 6, dtype=torch.float64)
     ycc = rgb2ycbcr(rgb)
@@ -367,7 +367,7 @@ def test_authors_weights_fit_and_match_the_prototxt(data_root):
 
 def test_authors_weights_on_rain100l_first_images(data_root, one_thread):
     from benchmark.evaluate import evaluate
-    from benchmark.metrics import image_metrics
+    from core.metrics import image_metrics
     from datasets.catalog import open_dataset
 
     _official(data_root)
@@ -385,7 +385,7 @@ def test_authors_weights_on_rain100l_first_images(data_root, one_thread):
 
 def test_untrained_default_names_its_train_command(no_weights):
     from models import provider
-    from models.registry import WeightsUnavailable
+    from core.errors import WeightsUnavailable
 
     with provider.training_allowed(False):
         with pytest.raises(WeightsUnavailable, match="benchmark.run train jorder --rain light --profile smoke"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detectors.kitti import KittiDetection, Object, format_label, read_labels, write_labels
+from datasets.kitti import KittiDetection, Object, format_label, read_labels, write_labels
 
 LABEL = """\
 Car 0.00 0 -1.58 587.01 173.33 614.12 200.12 1.65 1.67 3.64 -0.65 1.71 46.70 -1.59

@@ -15,7 +15,7 @@ import pytest
 
 from detectors.bootstrap import bootstrap_ci, bootstrap_indices, paired_bootstrap_ci
 from detectors.coco_eval import coco_car_ap
-from detectors.kitti import Object
+from datasets.kitti import Object
 from detectors.kitti_eval import (
     box_overlap,
     get_thresholds,
@@ -371,7 +371,7 @@ def test_paired_bootstrap():
 
 @pytest.mark.realdata
 def test_real_data_ground_truth_as_detections(kitti_root):
-    from detectors.kitti import KittiDetection
+    from datasets.kitti import KittiDetection
 
     gts = KittiDetection(kitti_root).all_labels()
     dets = [[replace(o, score=1.0) for o in g if o.type == "Car"] for g in gts]

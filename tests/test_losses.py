@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import metrics
+from core import metrics
 from models.losses import block_loss, resguide_loss, ssim_torch
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 from datasets import manifest as manifest_mod
 from datasets.manifest import KNOWN_RELEASES, identify, manifest, sha256_file
 from datasets.names import REGISTERED, canonical_name, resolve_dataset
-from datasets.pairs import DatasetError, FolderPairs, Pair, find_pairs
+from core.errors import DatasetError
+from datasets.pairs import FolderPairs, Pair, find_pairs
 
 
 def png(path: Path, value: int = 0, size=(8, 6)) -> Path:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from benchmark.metrics import gaussian_window, image_metrics, psnr, rgb2y, ssim, to_uint8
+from core.metrics import gaussian_window, image_metrics, psnr, rgb2y, ssim, to_uint8
 
 
 def _pair(seed=0, shape=(40, 52, 3)):

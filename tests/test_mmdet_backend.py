@@ -15,7 +15,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from detectors import mmcv_ops  # noqa: E402
-from detectors.kitti import Object  # noqa: E402
+from datasets.kitti import Object
 
 mmcv_ops.install()
 

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.cells import CellKey, Context, Store, run_cell
-from benchmark.profiles import get_profile
+from core.store import CellKey, Context, Store
+from benchmark.cells import run_cell
+from core.profiles import get_profile
 from benchmark.tables import TABLES
-from datasets.catalog import DatasetMissing, open_dataset
+from core.errors import DatasetMissing
+from datasets.catalog import open_dataset
 from datasets.noisy import NoisyImages, denoise_metrics, parse_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.pairs import (
-    DatasetError, FolderPairs, Pair, detect_layout, find_pairs, load_pair, read_image,
-)
+from core.errors import DatasetError
+from datasets.pairs import FolderPairs, Pair, detect_layout, find_pairs, load_pair, read_image
 
 W, H = 8, 6
 

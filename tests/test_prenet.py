@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models.prenet import PReNet, build_prenet
-from models.registry import WeightsUnavailable, count_parameters
+from core.errors import WeightsUnavailable
+from models.registry import count_parameters
 
 
 def _random_net(seed=0):

@@ -1,14 +1,16 @@
 import pytest
 
-from benchmark.cells import CellKey, Context, Store, run_cell
-from benchmark.profiles import get_profile
+from core.store import CellKey, Context, Store
+from benchmark.cells import run_cell
+from core.profiles import get_profile
 from models import registry
+from core.errors import WeightsUnavailable
 
 
 def test_official_weights_are_found_under_the_data_root(tmp_path):
-    with pytest.raises(registry.WeightsUnavailable, match="data root"):
+    with pytest.raises(WeightsUnavailable, match="data root"):
         registry.official_weights("prenet", None)
-    with pytest.raises(registry.WeightsUnavailable, match="no official checkpoint"):
+    with pytest.raises(WeightsUnavailable, match="no official checkpoint"):
         registry.official_weights("prenet", tmp_path)
     path = tmp_path / "weights" / "PReNet" / "Rain100L" / "net_latest.pth"
     path.parent.mkdir(parents=True)
@@ -17,7 +19,7 @@ def test_official_weights_are_found_under_the_data_root(tmp_path):
     (tmp_path / "weights" / "DDN").mkdir()
     (tmp_path / "weights" / "DDN" / "model.index").write_bytes(b"x")  # a TF prefix counts by its index
     assert registry.official_weights("ddn", tmp_path) == tmp_path / "weights" / "DDN" / "model"
-    with pytest.raises(registry.WeightsUnavailable, match="knows no official"):
+    with pytest.raises(WeightsUnavailable, match="knows no official"):
         registry.official_weights("identity", tmp_path)
 
 

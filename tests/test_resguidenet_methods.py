@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark import figures
-from benchmark.cells import CellKey
+from core.store import CellKey
 from benchmark.run import main
 from models import provider, registry
 from models.autoexit import AutoExit, calibrate
@@ -61,7 +61,7 @@ def test_weights_that_do_not_fit_name_the_first_tensor(tmp_path):
 def test_provider_trains_when_no_weights_exist_and_reuses_them(tmp_path, monkeypatch):
     monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
-    from benchmark import profiles
+    from core import profiles
     tiny = replace(profiles.PROFILES["smoke"], name="tiny", train_iterations=2, train_batch=2, train_patch=24)
     monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
     net, info = registry.load("resguidenet_2", "heavy", "tiny")
@@ -151,7 +151,7 @@ def test_real_training_pairs_take_precedence(tmp_path, monkeypatch):
     assert a[0].shape == (4, 3, 16, 16) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")
-    from benchmark import profiles
+    from core import profiles
     tiny = replace(profiles.PROFILES["smoke"], name="tiny", train_iterations=1, train_batch=2, train_patch=16)
     monkeypatch.setitem(profiles.PROFILES, "tiny", tiny)
     _, info = registry.load("resguidenet", "light", "tiny", tmp_path / "data")
@@ -159,8 +159,9 @@ def test_real_training_pairs_take_precedence(tmp_path, monkeypatch):
 
 
 def test_untrained_weights_are_skipped_unless_training_is_allowed(tmp_path, monkeypatch):
-    from benchmark.cells import Context, Store, run_cell
-    from benchmark.profiles import get_profile
+    from core.store import Context, Store
+    from benchmark.cells import run_cell
+    from core.profiles import get_profile
 
     monkeypatch.setattr(provider, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(provider, "WEIGHTS_DIR", tmp_path / "shipped")

@@ -1,4 +1,4 @@
-"""The detection study (detectors.study): cells, the CLI hook, rain and the AP table.
+"""The detection study (benchmark.detection, benchmark.ap_table): cells, the CLI hook, rain and the AP table.
 
 A tiny *untrained* detector (64x192 resize limits) stands in for a trained one: the
 numbers are meaningless (AP ~ 0), the plumbing is what is checked.  Nothing is
@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from benchmark.run import main
-from detectors import study
+from benchmark.ap_table import ap_table
+from benchmark.detection import _ap40m, ap_cells, cell_detections, detect_cell
+from datasets.detection import rainy
+from detectors.zoo import train_detector_cmd
 
 CONTRACT = ("ap11_moderate", "ap40_moderate", "coco_ap", "coco_ap50", "n_images", "n_objects",
             "ap40_moderate_ci", "coco_ap50_ci")
@@ -60,14 +63,14 @@ def test_detect_cli_contract_then_reuse(tmp_path, tiny_ckpt, capsys, one_thread)
     assert set(cell["seconds"]) == {"derain", "detect"}
 
     stats = {}
-    again = study.detect_cell("none", "roads", "heavy", profile="smoke", detector_weights=tiny_ckpt,
+    again = detect_cell("none", "roads", "heavy", profile="smoke", detector_weights=tiny_ckpt,
                               results=tmp_path, stats=stats)
     assert stats["reused"] == 1 and stats["computed"] == 0
     assert again["created"] == cell["created"] and again["metrics"] == cell["metrics"]
 
 
 def test_missing_detector_is_a_skipped_cell_naming_the_train_command(tmp_path, no_weights, capsys):
-    cell = study.detect_cell("none", "roads", "light", profile="smoke", results=tmp_path)
+    cell = detect_cell("none", "roads", "light", profile="smoke", results=tmp_path)
     assert cell["status"] == "skipped" and cell["skip_reason"] == "detector"
     assert "python -m benchmark.run train-detector --detector fasterrcnn_tiny_fpn --profile quick" \
         in cell["error"]
@@ -76,7 +79,7 @@ def test_missing_detector_is_a_skipped_cell_naming_the_train_command(tmp_path, n
 
 
 def test_missing_kitti_is_skipped_for_data(tmp_path, tiny_ckpt):
-    cell = study.detect_cell("none", "KITTI", "light", profile="smoke", detector_weights=tiny_ckpt,
+    cell = detect_cell("none", "KITTI", "light", profile="smoke", detector_weights=tiny_ckpt,
                              data_root=tmp_path, results=tmp_path / "results")
     assert cell["status"] == "skipped" and cell["skip_reason"] == "data"
     assert str(tmp_path / "KITTI" / "training") in cell["error"]
@@ -85,23 +88,23 @@ def test_missing_kitti_is_skipped_for_data(tmp_path, tiny_ckpt):
 def test_rainy_is_deterministic_and_none_is_identity():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 120, 3), dtype=np.uint8) for _ in range(3)]
-    assert study.rainy(images, "none", 0) == images
-    assert all(a is b for a, b in zip(study.rainy(images, "none", 0), images))
-    a = study.rainy(images, "heavy", 5, ids=["x", "y", "z"])
-    b = study.rainy(images, "heavy", 5, ids=["x", "y", "z"])
+    assert rainy(images, "none", 0) == images
+    assert all(a is b for a, b in zip(rainy(images, "none", 0), images))
+    a = rainy(images, "heavy", 5, ids=["x", "y", "z"])
+    b = rainy(images, "heavy", 5, ids=["x", "y", "z"])
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
     assert not np.array_equal(a[0], images[0]) and a[0].dtype == np.uint8
     # an image's rain follows its id, not its position
-    c = study.rainy(images[1:2], "heavy", 5, ids=["y"])
+    c = rainy(images[1:2], "heavy", 5, ids=["y"])
     assert np.array_equal(c[0], a[1])
-    assert not np.array_equal(study.rainy(images, "heavy", 6, ids=["x", "y", "z"])[0], a[0])
+    assert not np.array_equal(rainy(images, "heavy", 6, ids=["x", "y", "z"])[0], a[0])
     with pytest.raises(ValueError):
-        study.rainy(images, "drizzle", 0)
+        rainy(images, "drizzle", 0)
 
 
 def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     monkeypatch.delenv("RESGUIDE_DATA", raising=False)
-    paths = study.ap_table("smoke", None, detector_weights=tiny_ckpt, results=tmp_path, datasets=("roads",),
+    paths = ap_table("smoke", None, detector_weights=tiny_ckpt, results=tmp_path, datasets=("roads",),
                            rains=("light",), derainers=(("identity", None), ("prenet", "official")))
     assert sorted(p.name for p in paths) == ["ap.csv", "ap.md", "ap.tex", "ap_runtime.png"]
     assert all(p.parent == tmp_path / "tables" / "smoke" for p in paths if p.suffix != ".png")
@@ -123,12 +126,12 @@ def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     gains = json.loads((tmp_path / "cells" / "smoke" / "detection" / "gains.json").read_text())
     assert len(gains) == 1 and all(len(v) == 2 for v in gains.values())
     before = md
-    assert study.ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
+    assert ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
                           derainers=(("identity", None),), compute=False)[0][3][0]["status"] == "ok"
-    study.ap_table("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
+    ap_table("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
                    derainers=(("identity", None), ("prenet", "official")), compute=False)
     assert (tmp_path / "tables" / "smoke" / "ap.md").read_text() == before
-    missing = study.ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("heavy",),
+    missing = ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("heavy",),
                              derainers=(), compute=False)[0][3]
     assert [c["status"] for c in missing] == ["ok", "missing"]  # the clean cell is shared by both rains
     assert "table ap" in missing[1]["error"]
@@ -163,7 +166,7 @@ def _coco_folder(tmp_path, boxes):
 
 
 def test_coco_json_labels_and_detect(tmp_path, tiny_ckpt, capsys, one_thread):
-    from detectors.coco_eval import read_coco_labels
+    from datasets.detection import read_coco_labels
 
     path = _coco_folder(tmp_path / "real", [(1, 3, [10, 5, 30, 28], 0), (1, 8, [50, 5, 20, 20], 0),
                                             (2, 9, [0, 0, 10, 10], 0), (2, 3, [60, 0, 40, 40], 1)])
@@ -178,7 +181,7 @@ def test_coco_json_labels_and_detect(tmp_path, tiny_ckpt, capsys, one_thread):
 
 
 def test_coco_json_errors_name_the_file_and_entry(tmp_path):
-    from detectors.coco_eval import read_coco_labels
+    from datasets.detection import read_coco_labels
 
     bad = _coco_folder(tmp_path / "a", [(1, 3, [10, 5, -3, 28], 0)])
     with pytest.raises(ValueError, match=r"labels\.json: annotation 1 of image 1: bbox"):
@@ -196,7 +199,7 @@ def test_fine_tune_on_a_kitti_folder_from_a_foreign_checkpoint(tmp_path, one_thr
     from PIL import Image
 
     from datasets.roads import road_scenes
-    from detectors.kitti import write_labels
+    from datasets.kitti import write_labels
     from detectors.torchvision_det import build_detector
 
     folder = tmp_path / "clean_train"
@@ -209,7 +212,7 @@ def test_fine_tune_on_a_kitti_folder_from_a_foreign_checkpoint(tmp_path, one_thr
     foreign = tmp_path / "coco_like.pth"  # 3 classes: its box predictor cannot fit ours
     torch.save(build_detector(num_classes=3, min_size=64, max_size=192).model.state_dict(), foreign)
     out = tmp_path / "ft.pt"
-    res = study.train_detector_cmd(profile="smoke", train_data=folder, init=foreign, min_size=64, max_size=192,
+    res = train_detector_cmd(profile="smoke", train_data=folder, init=foreign, min_size=64, max_size=192,
                                    iterations=2, out_path=out, progress=False)
     assert res["complete"] and res["weights"] == str(out) and out.is_file()
     record = json.loads(out.with_suffix(".json").read_text())
@@ -223,7 +226,7 @@ def test_fine_tune_on_a_kitti_folder_from_a_foreign_checkpoint(tmp_path, one_thr
     init_state = torch.load(foreign, weights_only=True)
     assert torch.equal(trained["backbone.c3.1.running_mean"], init_state["backbone.c3.1.running_mean"])
     with pytest.raises(ValueError, match="image_2"):
-        study.train_detector_cmd(profile="smoke", train_data=tmp_path, iterations=1, progress=False)
+        train_detector_cmd(profile="smoke", train_data=tmp_path, iterations=1, progress=False)
 
 
 @pytest.mark.parametrize("derained", ["resguidenet@results-weights-resguidenet-heavy-paper.ckpt",
@@ -244,7 +247,7 @@ def test_committed_study_shows_the_papers_ordering(derained):
     assert all(c["status"] == "ok" and c["n_objects"] > 100 for c in (clean, rainy, cell))
     ap = [c["metrics"]["ap40_moderate"] for c in (clean, cell, rainy)]
     assert ap[0] > ap[1] > ap[2], ap
-    gts, rainy_dets = study.cell_detections(rainy)
-    _, dets = study.cell_detections(cell)
-    lo, hi = paired_bootstrap_ci(study._ap40m, gts, rainy_dets, dets, n=100, seed=0)
+    gts, rainy_dets = cell_detections(rainy)
+    _, dets = cell_detections(cell)
+    lo, hi = paired_bootstrap_ci(_ap40m, gts, rainy_dets, dets, n=100, seed=0)
     assert lo > 0, (lo, hi)

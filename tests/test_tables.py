@@ -2,7 +2,7 @@ import csv
 import io
 from pathlib import Path
 
-from benchmark.cells import CellKey
+from core.store import CellKey
 from benchmark.tables import Column, TableSpec, render_csv, render_latex, render_markdown, write_table
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.profiles import get_profile
+from core.profiles import get_profile
 from benchmark.visual import VISUALS, crop, draw_visual, rain_mask, streak_ratio
+from core.errors import WeightsUnavailable
 
 SMOKE = get_profile("smoke")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -147,7 +148,7 @@ def test_fig12_skips_what_has_no_weights(tmp_path, monkeypatch, capsys, no_weigh
 
     def load(name, *a, **k):
         if name == "resguidenet_3":
-            raise registry.WeightsUnavailable("no resguidenet_3 weights: run `python -m benchmark.run train ...`")
+            raise WeightsUnavailable("no resguidenet_3 weights: run `python -m benchmark.run train ...`")
         return real(name, *a, **k)
 
     monkeypatch.setattr(registry, "load", load)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from detectors.kitti import KittiDetection
+from datasets.kitti import KittiDetection
 from detectors.kitti_eval import box_overlap
 from detectors.yolov5 import (
     COCO_CAR,

@@ -1,0 +1,408 @@
+"""The detection study of the paper's section 5.2: car AP of a detector on clean, rainy and derained frames.
+
+A Faster R-CNN (:mod:`detectors.torchvision_det`) trained on *clean* frames loses
+cars when the frames are rainy; deraining them first should win some of that
+AP back.  One result cell per (detector, derainer, dataset, rain):
+
+    rain (datasets.rain, seeded per image) -> derainer (models.registry) -> detector
+    -> KITTI devkit AP (ap11 / ap40, easy / moderate / hard) + COCO AP / AP50
+    + percentile bootstrap intervals over images
+
+Data (:func:`detection_dataset`):
+
+* ``"roads"``: the embedded road scenes (:mod:`datasets.roads`), *test* split;
+  count and size from the profile (the profile's ``detection`` settings).  No download.
+* ``"KITTI"``: ``<data_root>/KITTI/training/{image_2,label_2}`` through
+  :class:`datasets.kitti.KittiDetection` (the first ``profile.real_limit``
+  frames when the profile sets one).  Absent -> ``DatasetMissing`` -> the cell
+  is skipped, not failed.  A folder holding ``image_2/`` and ``label_2/`` works too.
+* a COCO ``.json`` file of labelled images (:func:`detectors.coco_eval.read_coco_labels`):
+  a user's own frames, e.g. real rain with manual boxes (then use ``rain="none"``).
+
+Rain (:func:`rainy`): the suite's own synthesis, ``datasets.rain.add_rain`` with
+the ``light`` / ``heavy`` presets, seeded per image from ``(seed, image id)``.
+KITTI frames (1242x375) get the *same* presets at their native resolution: the
+streak lengths / densities were calibrated on BSDS500 training images only and
+are not retuned on KITTI (or on any test frame) -- tuning the rain on the frames
+the detector is scored on would be tuning on test data.  So the rain looks
+somewhat finer relative to a 1242-wide frame than to a 481-wide photo.
+
+Detector (:func:`get_detector`): ``weights`` (a local checkpoint path), else the
+shipped ``results/weights/detector-<name>-<profile>.pt``, else the cached
+``results/cache/detectors/<name>-<profile>.pt`` (the same shipped-before-cache
+order as :mod:`models.provider`), else ``WeightsUnavailable`` naming the command
+that trains one (:func:`train_detector_cmd`).  The detector is trained on the
+road scenes' *train* split only -- never on KITTI, never on the test split --
+so a KITTI number is a transfer number.  Its resize limits (``min_size`` /
+``max_size``) are part of the detector: they are saved in the checkpoint's meta
+and applied to every dataset (KITTI frames are shrunk to the road scenes' scale).
+
+Derained images are clamped to [0, 1] and rounded to uint8 (what a derainer
+writing an image file would hand on) before the detector sees them.
+
+Cells: JSON files ``<results>/cells/<profile>/detection/<id>.json`` (a
+subfolder, so the PSNR/SSIM tables never see them), written atomically with
+:func:`benchmark.cells.atomic_write_text`; a fresh ``ok`` cell is reused, a
+missing detector / derainer weight or dataset gives a ``skipped`` cell, any
+other error a ``failed`` cell, and the run goes on.  A cell stores its
+detections and ground truth per image, so :func:`ap_table` can compute paired
+bootstrap intervals of the deraining gain from the cells alone.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from datasets.kitti import Object, format_label, parse_label_line
+from core.errors import UnknownMethod
+from core.profiles import detection_profile
+from datasets.detection import RAINS, detection_dataset, rainy
+from detectors.zoo import get_detector
+
+__all__ = [
+    "DEFAULT_DERAINERS",
+    "cell_id",
+    "detect_cell",
+    "contract",
+    "ap_cell_plan",
+]
+
+DET_FORMAT = 1
+NO_DERAINER = ("none", "identity")
+
+#: The paper-profile ResGuideNet runs committed as resumable checkpoints (``{rain}`` filled in
+#: per row; a relative path is taken from the repository root when it is not in the working
+#: directory).  Their merged output is sound, which the quick heavy model's is not yet.
+PAPER_RUN = "results/weights/resguidenet-{rain}-paper.ckpt"
+
+#: Rows of the AP table after "clean" and "rainy": (method, weights); ``None`` weights = the
+#: suite-trained weights matching the rain (light / heavy), ``"official"`` = the authors'
+#: checkpoint under the data root.  Rows whose weights are absent are left out (and named).
+DEFAULT_DERAINERS: tuple[tuple[str, str | None], ...] = (
+    ("resguidenet_3", None),
+    ("resguidenet", None),
+    ("resguidenet", PAPER_RUN),
+    ("prenet", "official"),
+    ("jorder", "official"),
+    ("ddn", None),
+    ("ddn", "official"),
+)
+
+
+# --------------------------------------------------------------------------
+# data
+
+
+# --------------------------------------------------------------------------
+# rain
+
+
+# --------------------------------------------------------------------------
+# detector
+
+
+# --------------------------------------------------------------------------
+# cells
+
+
+class _Key:
+    def __init__(self, cid: str):
+        self.id = cid
+
+
+def cell_id(detector: str, derainer: str, dataset: str, rain: str, derainer_weights: str | None = None) -> str:
+    """``det__{detector}__{derainer[@weights]}__{dataset}__{rain}``, file-name safe."""
+    d = derainer if derainer_weights in (None, "") else f"{derainer}@{derainer_weights}"
+    raw = f"det__{detector}__{d}__{dataset}__{rain}"
+    return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
+
+
+#: The detection datasets whose cells are results of the suite; any other (a user's folder or
+#: COCO file) is a one-off whose cells go to the uncommitted cache.
+SUITE_DATASETS = ("roads", "kitti")
+
+
+def _det_store(results: Path, profile: str, dataset: str = "roads"):
+    from core.store import Store
+
+    if dataset.lower() in SUITE_DATASETS:
+        return Store(Path(results) / "cells" / profile / "detection")
+    return Store(Path(results) / "cache" / "cells" / profile / "detection")
+
+
+def default_derainer_weights(derainer: str, rain: str) -> str | None:
+    """The weights a derainer uses on ``rain`` when none are named: the suite-trained model of that
+    rain for the methods the suite trains, the authors' checkpoint for those it does not."""
+    if derainer in NO_DERAINER:
+        return None
+    from models import registry
+
+    spec = registry.get(derainer)
+    if getattr(spec.factory, "family", None) is not None:
+        return rain if rain in ("light", "heavy") else None
+    if derainer in registry.OFFICIAL_WEIGHTS:
+        return "official"
+    return None
+
+
+def _round_dets(objs: list[Object]) -> list[list[float]]:
+    return [[round(float(v), 3) for v in o.bbox] + [round(float(o.score), 6)] for o in objs]
+
+
+def _dets_from_rows(rows) -> list[Object]:
+    return [Object(type="Car", truncated=0.0, occluded=0, bbox=tuple(r[:4]), score=float(r[4])) for r in rows]
+
+
+def cell_detections(cell: dict) -> tuple[list[list[Object]], list[list[Object]]]:
+    """(ground truths, detections) per image, rebuilt from a stored ``ok`` cell."""
+    gts = [[parse_label_line(line) for line in p["gt"]] for p in cell["per_image"]]
+    dets = [_dets_from_rows(p["dets"]) for p in cell["per_image"]]
+    return gts, dets
+
+
+def _ap40m(g, d) -> float:
+    from detectors.kitti_eval import kitti_car_ap
+
+    return kitti_car_ap(g, d)["ap40_moderate"]
+
+
+def _coco50(g, d) -> float:
+    from detectors.coco_eval import coco_car_ap
+
+    return coco_car_ap(g, d)["ap50"]
+
+
+CI_METRICS = {"ap40_moderate": _ap40m, "coco_ap50": _coco50}
+
+
+def _metrics(gts, dets, n_boot: int, seed: int) -> dict:
+    from detectors.bootstrap import bootstrap_ci
+    from detectors.coco_eval import coco_car_ap
+    from detectors.kitti_eval import kitti_car_ap
+
+    m = dict(kitti_car_ap(gts, dets))
+    coco = coco_car_ap(gts, dets)
+    m.update(coco_ap=coco["ap"], coco_ap50=coco["ap50"], coco_ap75=coco["ap75"])
+    ci = {k: list(bootstrap_ci(fn, gts, dets, n=n_boot, seed=seed)) for k, fn in CI_METRICS.items()}
+    return {"metrics": m, "ci": ci}
+
+
+def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str | None = None, *,
+                profile: str = "quick", data_root: Path | None = None, detector_weights: str | Path | None = None,
+                detector_config: str | Path | None = None,
+                derainer_weights: str | None = None, results: Path | None = None, force: bool = False,
+                progress: bool = False, stats: dict | None = None, batch: int = 4) -> dict:
+    """Compute (or reuse) one detection cell; never raises for a bad input (see the module doc).
+
+    ``derainer``: a registered method or ``"none"`` / ``"identity"`` (the clean and rainy
+    rows); ``derainer_weights`` default to :func:`default_derainer_weights`.  The cell holds
+    ``metrics`` (``ap11_*``, ``ap40_*``, ``coco_ap``, ``coco_ap50``, ``coco_ap75``), ``ci``
+    (95 % percentile bootstrap intervals over images of ``ap40_moderate`` and ``coco_ap50``),
+    ``n_images``, ``n_objects`` (Car ground truths), ``seconds`` (``derain``, ``detect``) and
+    per image the ground truth and the detections.
+    """
+    from core.store import fingerprint, settle
+    from benchmark.evaluate import run_model, to_tensor
+    from core.metrics import to_uint8
+    from detectors.torchvision_det import DEFAULT_DETECTOR
+    from models import registry
+
+    stats = stats if stats is not None else {}
+    for k in ("computed", "reused", "kept", "failed", "skipped"):
+        stats.setdefault(k, 0)
+    if results is None:
+        from core.layout import RESULTS as results
+    detector = detector or (f"mmdet-{Path(detector_config).stem}" if detector_config else DEFAULT_DETECTOR)
+    prof, det_prof = detection_profile(profile)
+    no_derain = derainer in NO_DERAINER
+    if derainer_weights is None and not no_derain:
+        try:
+            derainer_weights = default_derainer_weights(derainer, rain)
+        except UnknownMethod:
+            pass  # reported below as a failed cell
+    cid = cell_id(detector, "none" if no_derain else derainer, dataset, rain, derainer_weights)
+    store = _det_store(results, prof.name, dataset)
+    key = _Key(cid)
+    n_boot = det_prof["n_boot"]
+    cell = {"format": DET_FORMAT, "id": cid, "kind": "detection", "detector": detector,
+            "derainer": "none" if no_derain else derainer, "derainer_weights_request": derainer_weights,
+            "dataset": dataset, "rain": rain, "profile": prof.name, "seed": prof.seed, "n_boot": n_boot}
+    def compute(stage: dict):
+        stage["now"] = "checking the rain"
+        if rain not in RAINS:
+            raise ValueError(f"rain must be one of {', '.join(RAINS)}, got {rain!r}")
+        stage["now"] = "opening the dataset"
+        ds = detection_dataset(dataset, data_root, prof.name)
+        stage["now"] = "loading the detector"
+        det = get_detector(detector, detector_weights, prof.name, data_root, config=detector_config)
+        stage["now"] = "loading the derainer"
+        if no_derain:
+            net, winfo = None, {"tag": "none"}
+        else:
+            net, winfo = registry.load(derainer, _weights_path(derainer_weights), prof.name, data_root)
+            import torch
+
+            net = net.to(memory_format=torch.channels_last)  # as benchmark.evaluate.evaluate: run_model's format
+        fp = fingerprint({"format": DET_FORMAT, "detector": det.meta["identity"]["sha256"], "detector_name": detector,
+                          "detector_config": det.meta["identity"].get("config_sha256"),
+                          "detector_size": [det.meta["min_size"], det.meta["max_size"]],
+                          "derainer": cell["derainer"], "derainer_weights": winfo, "dataset": ds.info["fingerprint"],
+                          "n_images": len(ds), "rain": rain, "seed": prof.seed, "n_boot": n_boot})
+        old = store.load(key)
+        if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not force:
+            return old
+        stage["now"] = "detecting"
+        from tqdm.auto import tqdm
+
+        t_derain = t_detect = 0.0
+        dets: list[list[Object]] = []
+        pending: list = []
+
+        def flush():
+            nonlocal t_detect
+            t0 = time.perf_counter()
+            outs = det.detect_objects(pending, score_min=0.0)
+            t_detect += time.perf_counter() - t0
+            dets.extend(_dets_from_rows(_round_dets(o)) for o in outs)  # the stored precision
+            pending.clear()
+
+        for i in tqdm(range(len(ds)), disable=not progress, desc=f"{cell['derainer']} on {ds.name} ({rain})"):
+            img = rainy([ds.image(i)], rain, prof.seed, ids=[ds.ids[i]])[0]
+            if net is not None:
+                t0 = time.perf_counter()
+                img = to_uint8(run_model(net, img))
+                t_derain += time.perf_counter() - t0
+            pending.append(to_tensor(img)[0])
+            if len(pending) >= batch:
+                flush()
+        if pending:
+            flush()
+        stage["now"] = "scoring"
+        scored = _metrics(ds.gts, dets, n_boot, prof.seed)
+        cell.update(status="ok", **scored, n_images=len(ds), n_objects=ds.n_objects,
+                    seconds={"derain": t_derain, "detect": t_detect}, dataset_info=ds.info,
+                    detector_weights=det.meta["identity"],
+                    detector_size=[det.meta["min_size"], det.meta["max_size"]],
+                    detector_training=(det.meta.get("training_data") or None),
+                    derainer_weights=winfo, fingerprint=fp,
+                    per_image=[{"id": image_id, "gt": [format_label(o) for o in g], "dets": _round_dets(d)}
+                               for image_id, g, d in zip(ds.ids, ds.gts, dets)])
+        return None
+
+    return settle(key, cell, store, stats, compute,
+                  skip_reason=lambda stage: "detector" if stage == "loading the detector" else "weights")
+
+
+CONTRACT_KEYS = ("ap11_moderate", "ap40_moderate", "coco_ap", "coco_ap50")
+
+
+def contract(cell: dict) -> dict:
+    """The one-line summary the CLI prints for a cell."""
+    line = {"id": cell["id"], "status": cell["status"], "detector": cell["detector"], "derainer": cell["derainer"],
+            "dataset": cell["dataset"], "rain": cell["rain"], "profile": cell["profile"]}
+    if cell["status"] == "ok":
+        line.update({k: cell["metrics"][k] for k in CONTRACT_KEYS})
+        line.update(n_images=cell["n_images"], n_objects=cell["n_objects"],
+                    ap40_moderate_ci=cell["ci"]["ap40_moderate"], coco_ap50_ci=cell["ci"]["coco_ap50"],
+                    seconds=cell["seconds"], detector_weights=cell["detector_weights"].get("path"))
+    else:
+        line["error"] = cell.get("error")
+    return line
+
+
+# --------------------------------------------------------------------------
+# the AP table
+
+
+@dataclass
+class _Row:
+    label: str
+    derainer: str
+    weights: str | None
+    rain: str
+
+
+def _rows(rain: str, derainers) -> list[_Row]:
+    rows = [_Row("clean (no rain)", "none", None, "none"), _Row("none", None, rain)]
+    for method, weights in derainers:
+        weights = weights.format(rain=rain) if weights else weights
+        label = method if weights in (None, "official") else f"{method} ({Path(weights).stem})"
+        rows.append(_Row(label, method, weights, rain))
+    return rows
+
+
+def _weights_path(weights: str | None) -> str | None:
+    """A relative weights *path* that is not in the working directory but is in the repository
+    (e.g. :data:`PAPER_RUN`) resolves there; tags and other values pass unchanged."""
+    if weights and ("/" in weights or weights.endswith((".pt", ".ckpt", ".pth"))) and not Path(weights).exists():
+        repo = Path(__file__).resolve().parent.parent
+        if (repo / weights).exists():
+            return str(repo / weights)
+    return weights
+
+
+def ap_cell_plan(datasets=("roads", "KITTI"), rains=("light", "heavy"), derainers=DEFAULT_DERAINERS):
+    """[(dataset, rain, [rows])]: every cell the AP table needs."""
+    return [(d, r, _rows(r, derainers)) for d in datasets for r in rains]
+
+
+def _row_cell_id(detector: str, row: _Row, dataset: str) -> str:
+    """The id :func:`detect_cell` gives the cell of ``row`` (same default derainer weights)."""
+    weights = row.weights
+    if weights is None and row.derainer not in NO_DERAINER:
+        try:
+            weights = default_derainer_weights(row.derainer, row.rain)
+        except LookupError:
+            weights = None
+    return cell_id(detector, "none" if row.derainer in NO_DERAINER else row.derainer, dataset, row.rain, weights)
+
+
+def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
+             detector_weights: str | Path | None = None, results: Path | None = None, force: bool = False,
+             progress: bool = False, train_missing: bool = False, datasets=("roads", "KITTI"),
+             rains=("light", "heavy"), derainers=DEFAULT_DERAINERS, stats: dict | None = None,
+             compute: bool = True) -> list[tuple]:
+    """[(dataset, rain, rows, cells)]: the AP table's cells, computed (or reused) with
+    :func:`detect_cell`, or with ``compute=False`` read from the store as they are (a missing
+    cell comes back as ``{"status": "missing"}``)."""
+    from detectors.torchvision_det import DEFAULT_DETECTOR
+    from models.provider import training_allowed
+
+    if results is None:
+        from core.layout import RESULTS as results
+    detector = detector or DEFAULT_DETECTOR
+    prof, _ = detection_profile(profile)
+    stats = stats if stats is not None else {}
+    store = _det_store(results, prof.name)
+    sections = []
+    with training_allowed(train_missing):
+        for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
+            if compute:
+                cells = [detect_cell(r.derainer, dataset, r.rain, detector, profile=prof.name, data_root=data_root,
+                                     detector_weights=detector_weights, derainer_weights=r.weights,
+                                     results=results, force=force, progress=progress, stats=stats) for r in rows]
+            else:
+                cells = [store.load(_Key(_row_cell_id(detector, r, dataset)))
+                         or {"status": "missing", "error": "no stored cell (run `python -m benchmark.run table ap`)"}
+                         for r in rows]
+            sections.append((dataset, rain, rows, cells))
+    return sections
+
+
+def ap_dry_run(profile: str, results: Path, detector: str | None = None, datasets=("roads", "KITTI"),
+               rains=("light", "heavy"), derainers=DEFAULT_DERAINERS) -> list[str]:
+    """Lines ``  <cell id>: stored (<status>) | missing`` for the AP table's cells (computes nothing)."""
+    from detectors.torchvision_det import DEFAULT_DETECTOR
+
+    detector = detector or DEFAULT_DETECTOR
+    store = _det_store(results, profile)
+    lines = []
+    for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
+        for r in rows:
+            cid = _row_cell_id(detector, r, dataset)
+            old = store.load(_Key(cid))
+            lines.append(f"  {cid}: {'stored (' + str(old.get('status')) + ')' if old else 'missing'}")
+    return lines
