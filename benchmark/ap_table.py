@@ -11,13 +11,22 @@ import json
 import math
 from pathlib import Path
 
+from benchmark.detection import (
+    DEFAULT_DERAINERS,
+    _ap40m,
+    _det_store,
+    _Row,
+    ap_cells,
+    cell_detections,
+)
+from core.files import atomic_write_text
+from core.layout import RESULTS, output_dir
 from core.profiles import detection_profile
-from benchmark.detection import DEFAULT_DERAINERS, _Row, _ap40m, _det_store, ap_cells, cell_detections
+from detectors.bootstrap import paired_bootstrap_ci
+from models import registry
 
 
 def _paper_name(method: str) -> str:
-    from models import registry
-
     try:
         return registry.get(method).paper_name
     except LookupError:
@@ -58,10 +67,7 @@ def ap_table(profile: str = "quick", data_root: Path | None = None, detector: st
     The gain column is derained minus rainy AP40-moderate with its paired bootstrap 95 %
     interval; the note says whether each gain is beyond the bootstrap noise.
     """
-    from core.layout import output_dir
-
-    if results is None:
-        from core.layout import RESULTS as results
+    results = RESULTS if results is None else results
     prof, _ = detection_profile(profile)
     sections = ap_cells(prof.name, data_root, detector, detector_weights, results, force, progress, train_missing,
                         datasets, rains, derainers, stats, compute)
@@ -81,9 +87,6 @@ GAINS_FILE = "gains.json"
 def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | None = None) -> list[Path]:
     """``ap.{md,csv,tex}`` in ``out_dir`` from :func:`ap_cells`' sections; the gains' paired
     intervals are read from / added to ``gains_cache`` (a JSON file) when given."""
-    from core.files import atomic_write_text
-    from detectors.bootstrap import paired_bootstrap_ci
-
     prof, det_prof = detection_profile(profile)
     cache: dict = {}
     if gains_cache is not None and Path(gains_cache).is_file():
@@ -197,8 +200,6 @@ def draw_ap_runtime(sections, profile: str, out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
-
-    from core.files import atomic_write_text
 
     df = ap_runtime_frame(sections)
     panels = list(dict.fromkeys(zip(df["dataset"], df["rain"]))) or [("no cells", "")]

@@ -13,10 +13,15 @@ import math
 import tempfile
 from pathlib import Path
 
-from core.store import Context, Store
-from core.files import atomic_write_text
 from benchmark.cells import run_cell
+from benchmark.detection import detect_cell
 from benchmark.tables import TABLES
+from core.files import atomic_write_text
+from core.profiles import get_profile
+from core.store import Context, Store
+from datasets.catalog import data_root_from
+from models import registry
+from models.provider import training_allowed
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "smoke.json"
 DEFAULT_TOLERANCE = {"psnr": 0.05, "ssim": 0.002, "ap": 0.01, "coco": 0.01}
@@ -38,11 +43,6 @@ def compute_smoke(data_root, progress: bool = True, methods=None, detection: boo
 
     With ``detection``, also the detection cells of :data:`DETECTION_ROWS` (AP metrics; a
     missing detector or dataset makes them skipped, i.e. not checked)."""
-    from core.profiles import get_profile
-    from datasets.catalog import data_root_from
-    from models import registry
-    from models.provider import training_allowed
-
     registered = set(methods or registry.names())
     keys = []
     for spec in TABLES.values():
@@ -53,8 +53,6 @@ def compute_smoke(data_root, progress: bool = True, methods=None, detection: boo
         with training_allowed(False):  # only shipped weights are checked: a model missing here is skipped
             cells = {k.id: run_cell(k, ctx) for k in keys}
         if detection:
-            from benchmark.detection import detect_cell
-
             for dataset in DETECTION_DATASETS:
                 for derainer, rain in DETECTION_ROWS:
                     if derainer in registered or derainer == "none":

@@ -55,12 +55,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from datasets.kitti import Object, format_label, parse_label_line
+from benchmark.evaluate import run_model, to_tensor
 from core.errors import UnknownMethod
+from core.layout import RESULTS
+from core.metrics import to_uint8
 from core.profiles import detection_profile
+from core.store import Store, fingerprint, settle
 from datasets.detection import RAINS, detection_dataset, rainy
+from datasets.kitti import Object, format_label, parse_label_line
+from detectors.bootstrap import bootstrap_ci
+from detectors.coco_eval import coco_car_ap
+from detectors.kitti_eval import kitti_car_ap
+from detectors.torchvision_det import DEFAULT_DETECTOR
 from detectors.zoo import get_detector
+from models import registry
+from models.provider import training_allowed
 
 __all__ = [
     "DEFAULT_DERAINERS",
@@ -126,8 +135,6 @@ SUITE_DATASETS = ("roads", "kitti")
 
 
 def _det_store(results: Path, profile: str, dataset: str = "roads"):
-    from core.store import Store
-
     if dataset.lower() in SUITE_DATASETS:
         return Store(Path(results) / "cells" / profile / "detection")
     return Store(Path(results) / "cache" / "cells" / profile / "detection")
@@ -138,7 +145,6 @@ def default_derainer_weights(derainer: str, rain: str) -> str | None:
     rain for the methods the suite trains, the authors' checkpoint for those it does not."""
     if derainer in NO_DERAINER:
         return None
-    from models import registry
 
     spec = registry.get(derainer)
     if getattr(spec.factory, "family", None) is not None:
@@ -164,14 +170,10 @@ def cell_detections(cell: dict) -> tuple[list[list[Object]], list[list[Object]]]
 
 
 def _ap40m(g, d) -> float:
-    from detectors.kitti_eval import kitti_car_ap
-
     return kitti_car_ap(g, d)["ap40_moderate"]
 
 
 def _coco50(g, d) -> float:
-    from detectors.coco_eval import coco_car_ap
-
     return coco_car_ap(g, d)["ap50"]
 
 
@@ -179,10 +181,6 @@ CI_METRICS = {"ap40_moderate": _ap40m, "coco_ap50": _coco50}
 
 
 def _metrics(gts, dets, n_boot: int, seed: int) -> dict:
-    from detectors.bootstrap import bootstrap_ci
-    from detectors.coco_eval import coco_car_ap
-    from detectors.kitti_eval import kitti_car_ap
-
     m = dict(kitti_car_ap(gts, dets))
     coco = coco_car_ap(gts, dets)
     m.update(coco_ap=coco["ap"], coco_ap50=coco["ap50"], coco_ap75=coco["ap75"])
@@ -204,17 +202,10 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     ``n_images``, ``n_objects`` (Car ground truths), ``seconds`` (``derain``, ``detect``) and
     per image the ground truth and the detections.
     """
-    from core.store import fingerprint, settle
-    from benchmark.evaluate import run_model, to_tensor
-    from core.metrics import to_uint8
-    from detectors.torchvision_det import DEFAULT_DETECTOR
-    from models import registry
-
     stats = stats if stats is not None else {}
     for k in ("computed", "reused", "kept", "failed", "skipped"):
         stats.setdefault(k, 0)
-    if results is None:
-        from core.layout import RESULTS as results
+    results = RESULTS if results is None else results
     detector = detector or (f"mmdet-{Path(detector_config).stem}" if detector_config else DEFAULT_DETECTOR)
     prof, det_prof = detection_profile(profile)
     no_derain = derainer in NO_DERAINER
@@ -368,11 +359,7 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
     """[(dataset, rain, rows, cells)]: the AP table's cells, computed (or reused) with
     :func:`detect_cell`, or with ``compute=False`` read from the store as they are (a missing
     cell comes back as ``{"status": "missing"}``)."""
-    from detectors.torchvision_det import DEFAULT_DETECTOR
-    from models.provider import training_allowed
-
-    if results is None:
-        from core.layout import RESULTS as results
+    results = RESULTS if results is None else results
     detector = detector or DEFAULT_DETECTOR
     prof, _ = detection_profile(profile)
     stats = stats if stats is not None else {}
@@ -395,8 +382,6 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
 def ap_dry_run(profile: str, results: Path, detector: str | None = None, datasets=("roads", "KITTI"),
                rains=("light", "heavy"), derainers=DEFAULT_DERAINERS) -> list[str]:
     """Lines ``  <cell id>: stored (<status>) | missing`` for the AP table's cells (computes nothing)."""
-    from detectors.torchvision_det import DEFAULT_DETECTOR
-
     detector = detector or DEFAULT_DETECTOR
     store = _det_store(results, profile)
     lines = []

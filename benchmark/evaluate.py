@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmark.runtime import compile_for_inference
 from core.metrics import image_metrics
+
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 HxWxC -> float32 1xCxHxW in [0, 1]; a float image (e.g. a noisy one) is taken as is."""
@@ -53,8 +55,6 @@ def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | N
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile:
-        from benchmark.runtime import compile_for_inference
-
         net = compile_for_inference(net)
     per_image = []
     start = time.perf_counter()

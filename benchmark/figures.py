@@ -12,8 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.store import CellKey
+from benchmark.runtime import measure
+from core.errors import DatasetError
 from core.files import atomic_write_text
+from core.store import CellKey
+from datasets.names import canonical_name, resolve_dataset
 
 BLOCKS = ("1", "2", "3", "4", "5")
 
@@ -67,17 +70,12 @@ FIGURES: dict[str, FigureSpec] = {
 
 def get_figure(fig_id: str) -> FigureSpec:
     if fig_id not in FIGURES:
-        from benchmark.visual import VISUALS
-
-        raise ValueError(f"unknown figure {fig_id!r}; choose one of {', '.join([*FIGURES, *VISUALS])}")
+        raise ValueError(f"unknown plotted figure {fig_id!r}; choose one of {', '.join(FIGURES)}")
     return FIGURES[fig_id]
 
 
 def dataset_for(rain: str, data_root) -> str:
     """Rain100L / Rain100H when they are under the data root, else the embedded set."""
-    from datasets.names import resolve_dataset
-    from core.errors import DatasetError
-
     real = {"light": "Rain100L", "heavy": "Rain100H"}[rain]
     if data_root is not None:
         try:
@@ -92,9 +90,6 @@ def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
     """The real datasets that the stored figure ``out_dir/ID`` was drawn on and that are not under
     ``data_root`` here.  Such a figure is kept as it is: redrawing it here would swap its data for
     the embedded set (or draw nothing) and overwrite a result made on a machine with the data."""
-    from datasets.names import canonical_name, resolve_dataset
-    from core.errors import DatasetError
-
     out_dir = Path(out_dir)
     record, table = out_dir / f"{fig_id}.json", out_dir / f"{fig_id}.csv"
     if record.is_file():  # picture figures: "data: A, B;" in the caption
@@ -126,8 +121,6 @@ def keys(spec: FigureSpec, data_root) -> list[CellKey]:
 
 def timings(spec: FigureSpec, store_root: Path, force: bool = False) -> dict[str, dict]:
     """Per-method CPU timing records (256×256, bare weights), stored beside the cells and reused unless ``force``."""
-    from benchmark.runtime import measure
-
     out = {}
     for m in dict.fromkeys(m for s in spec.series for m in s.methods):
         path = Path(store_root) / f"runtime__{m}.json"

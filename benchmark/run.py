@@ -24,12 +24,30 @@ import sys
 import time
 from pathlib import Path
 
-from core.store import Context, Store
+from benchmark import figures, table4
+from benchmark.ap_table import ap_table
 from benchmark.cells import run_cell
-from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
+from benchmark.check import run_check
+from benchmark.detection import ap_cells, ap_dry_run, contract, detect_cell
+from benchmark.evaluate import evaluate
+from benchmark.figures import FIGURES, absent_data
+from benchmark.report import write_report
+from benchmark.runtime import measure, prepare_cpu
 from benchmark.tables import TABLES, get_table, write_table
+from benchmark.visual import VISUALS, draw_visual
+from core.errors import WeightsUnavailable
 from core.files import check_writable
 from core.layout import RESULTS, cells_dir, output_dir, report_path
+from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
+from core.store import Context, Store
+from core.weights import denoise_tag
+from datasets.catalog import EMBEDDED, data_root_from, open_dataset
+from datasets.names import REGISTERED
+from datasets.noisy import refuse_seen_test_set
+from detectors.zoo import train_detector_cmd
+from models import provider, registry
+from models.provider import training_allowed
+from models.tiling import Tiled
 
 
 def table_ids() -> tuple[str, ...]:
@@ -38,8 +56,6 @@ def table_ids() -> tuple[str, ...]:
 
 
 def parameter_counts(methods) -> dict:
-    from models import registry
-
     out = {}
     for m in methods:
         if m in registry.names():
@@ -54,9 +70,6 @@ def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path
     """Tables, figures and (with ``report_figures``, the figure ids it shows) the report, from the
     stored cells; ``measure=False`` times nothing either.  ``ap_wanted``: also the detection
     study's AP table and its figure, from its stored cells (:func:`detectors.study.ap_table`)."""
-    from benchmark import figures, table4
-    from benchmark.report import write_report
-
     cells = store.all()
     tdir = output_dir(results, "tables", profile.name)
     fdir = output_dir(results, "figures", profile.name)
@@ -74,8 +87,6 @@ def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path
         runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
         print(f"wrote {figures.draw(fig, cells, data_root, fdir, runtimes)}")
     if ap_wanted:
-        from benchmark.ap_table import ap_table
-
         for p in ap_table(profile.name, data_root, results=results, compute=False):
             print(f"wrote {p}")
     if report_figures is not None:
@@ -88,10 +99,6 @@ def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path
 def cmd_render(profile_name: str, results: Path, check: bool) -> int:
     """Re-render every table and the report from the stored cells and timing records, computing
     nothing; with ``check``, exit 1 if any of those files changed (the committed ones are stale)."""
-    from benchmark.figures import FIGURES
-    from benchmark.visual import VISUALS
-    from models import registry
-
     profile = get_profile(profile_name)
     tdir = output_dir(results, "tables", profile.name)
 
@@ -120,10 +127,6 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
     figures ``visual_ids`` (:mod:`benchmark.visual`), then render them."""
     from tqdm import tqdm
 
-    from benchmark import figures
-    from datasets.catalog import data_root_from
-    from models import registry
-
     profile = get_profile(profile_name)
     data_root = data_root_from(data_root_arg)
     ap_wanted = "ap" in table_ids  # the detection study's AP table (detectors.study): its own cells
@@ -146,19 +149,16 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
             state = f"stored ({old.get('status')})" if old else "missing"
             print(f"  {k.id}: {state}")
         if ap_wanted:
-            from benchmark.detection import ap_dry_run
             print("\n".join(ap_dry_run(profile.name, results)))
         return 0
     check_writable(store.root, output_dir(results, "tables", profile.name), fdir)
     ctx = Context(profile=profile, data_root=data_root, store=store, force=force, progress=progress)
-    from models.provider import training_allowed
 
     with training_allowed(train_missing):  # weights that were never trained are skipped unless asked
         for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
             run_cell(key, ctx)
     s = ctx.stats
     if ap_wanted:  # the detection cells, before rendering so that the report shows them
-        from benchmark.detection import ap_cells
         ap_cells(profile.name, data_root, results=results, force=force, progress=progress,
                  train_missing=train_missing, stats=s)
     with training_allowed(train_missing):
@@ -175,8 +175,6 @@ def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False,
 def keep_figures(fig_ids, data_root, fig_dir: Path) -> list[str]:
     """The figures of ``fig_ids`` to draw now: a stored figure drawn on data that is absent here
     is kept as it is (:func:`benchmark.figures.absent_data`) and left out."""
-    from benchmark.figures import absent_data
-
     out = []
     for fid in fig_ids:
         missing = absent_data(fid, data_root, fig_dir)
@@ -190,9 +188,6 @@ def keep_figures(fig_ids, data_root, fig_dir: Path) -> list[str]:
 def draw_pictures(visual_ids, profile, data_root, out_dir: Path) -> int:
     """Draw each picture figure; one that fails is reported and the others are drawn.  Returns
     how many failed (a figure with a failed panel counts)."""
-    from benchmark.visual import draw_visual
-    from core.errors import WeightsUnavailable
-
     bad = 0
     for fid in visual_ids:
         try:
@@ -211,20 +206,14 @@ def draw_pictures(visual_ids, profile, data_root, out_dir: Path) -> int:
 
 
 def cmd_list() -> int:
-    from datasets.catalog import EMBEDDED
-    from datasets.names import REGISTERED
-    from models import registry
-
     print("tables:")
     for t in TABLES.values():
         print(f"  {t.id}: {t.title}")
     print("  table4: running time per image (Table 4), CPU measured here, GPU from results/runtime/")
     print("  ap: car AP of a detector on clean / rainy / derained frames (section 5.2; `table ap`)")
-    from benchmark.figures import FIGURES
     print("figures:")
     for f in FIGURES.values():
         print(f"  {f.id}: {f.title}")
-    from benchmark.visual import VISUALS
     for f in VISUALS.values():
         print(f"  {f.id}: {f.title} (pictures)")
     print("methods:")
@@ -245,19 +234,13 @@ def cmd_list() -> int:
 def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
               dtype: str = "float32", channels_last: bool = True, tile: int | None = None, halo: int = 64,
               compile: bool = False) -> int:
-    from benchmark.evaluate import evaluate
-    from datasets.catalog import data_root_from, open_dataset
-    from models import registry
-
     profile = get_profile(profile_name)
     data_root = data_root_from(data_root_arg)
     ds = open_dataset(dataset, data_root, size=profile.embedded_size, seed=profile.seed, limit=limit)
     net, winfo = registry.load(method, weights, profile.name, data_root)
-    from datasets.noisy import refuse_seen_test_set
 
     refuse_seen_test_set(dataset, weights, winfo)
     if tile:
-        from models.tiling import Tiled
         net = Tiled(net, tile, halo)
     t0 = time.perf_counter()
     res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}", dtype=dtype, channels_last=channels_last,
@@ -276,7 +259,6 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
 def cmd_params(method: str) -> int:
     counts = parameter_counts([method])
     if method not in counts:
-        from models import registry
         registry.get(method)  # raises with the list of registered names
     print(json.dumps({"method": method, **counts[method]}))
     return 0
@@ -290,10 +272,6 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
 
     A derainer trains for ``rain`` (default light); a denoiser (Table 5) for noise level ``sigma``
     (0-255 scale), grey or ``colour`` (default: the method's own channels, grey for resguidenet)."""
-    from datasets.catalog import data_root_from
-    from models import provider, registry
-    from core.weights import denoise_tag
-
     get_profile(profile_name)
     spec = registry.get(method)
     family = getattr(spec.factory, "family", None)
@@ -478,9 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_detect(args) -> int:
     """One detection cell; prints its summary as one JSON line (exit 2 when skipped or failed)."""
-    from datasets.catalog import data_root_from
-    from benchmark.detection import contract, detect_cell
-
     get_profile(args.profile)
     cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
                        data_root=data_root_from(args.data_root), detector_weights=args.detector_weights,
@@ -495,9 +470,6 @@ def cmd_detect(args) -> int:
 
 
 def cmd_train_detector(args) -> int:
-    from datasets.catalog import data_root_from
-    from detectors.zoo import train_detector_cmd
-
     get_profile(args.profile)
     res = train_detector_cmd(args.detector, args.profile, data_root_from(args.data_root), args.max_seconds,
                              args.progress, args.device, train_data=args.train_data, init=args.init,
@@ -509,18 +481,14 @@ def cmd_train_detector(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from benchmark.runtime import prepare_cpu
 
     prepare_cpu()
     try:
         if args.command == "all":
-            from benchmark.figures import FIGURES
-            from benchmark.visual import VISUALS
             return run_tables([*TABLES, "table4", "ap"], args.profile, args.data_root, args.force, args.dry_run,
                               args.results, args.progress, figure_ids=list(FIGURES), train_missing=args.train_missing,
                               visual_ids=[] if args.dry_run else list(VISUALS))
         if args.command == "figure":
-            from benchmark.visual import VISUALS
             picture = args.figure_id in VISUALS
             return run_tables([], args.profile, args.data_root, args.force, args.dry_run, args.results,
                               args.progress, figure_ids=[] if picture else [args.figure_id],
@@ -544,12 +512,10 @@ def main(argv=None) -> int:
         if args.command == "render":
             return cmd_render(args.profile, args.results, args.check)
         if args.command == "runtime":
-            from benchmark.runtime import measure
             print(json.dumps(measure(args.method, args.size, args.device, args.dtype, args.batch, args.repeats,
                                      args.warmup, channels_last=args.channels_last, compile=args.compile)))
             return 0
         if args.command == "check":
-            from benchmark.check import run_check
             return run_check(args.data_root, args.reference, args.update, args.progress)
         if args.command == "detect":
             return cmd_detect(args)

@@ -28,6 +28,8 @@ from contextlib import nullcontext
 
 import torch
 
+from models.registry import count_parameters, load
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -175,8 +177,6 @@ def measure(method: str, size: int = 500, device: str = "cpu", dtype: str = "flo
             repeats: int = 5, warmup: int = 2, seed: int = 0, channels_last: bool = False,
             compile: bool = False) -> dict:
     """Time ``method`` on ``batch`` random ``size`` x ``size`` RGB images; one result dict."""
-    from models.registry import count_parameters, load
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if size < 8 or batch < 1 or repeats < 1 or warmup < 0:

@@ -17,6 +17,7 @@ import io
 import json
 from pathlib import Path
 
+from benchmark.runtime import measure
 from core.files import atomic_write_text
 from core.layout import RESULTS
 
@@ -39,8 +40,6 @@ def cpu_records(store_root: Path, size: int, repeats: int, registered: set[str],
     """{(method, variant): record} measured on this CPU (stored and reused); failures are recorded.
     With ``measure_missing=False`` only stored records are returned (re-rendering); with
     ``compiled=False`` the compiled variants are neither measured nor returned."""
-    from benchmark.runtime import measure
-
     out = {}
     for method, _ in METHODS:
         if method not in registered:

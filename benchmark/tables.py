@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.store import CellKey
 from core.files import atomic_write_text
+from core.store import CellKey
+from datasets.noisy import SETS, parse_name
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,6 @@ class TableSpec:
     note: str = ""
 
     def key(self, row: str, col: Column) -> CellKey:
-        from datasets.noisy import parse_name
-
         sigma = (parse_name(row) or ("", ""))[1]  # "{sigma}": the noise level of a denoising row
         weights = col.weights.format(rain=RAIN_OF_DATASET.get(row, "light"), sigma=sigma) if col.weights else None
         return CellKey(col.method, row, weights)
@@ -161,8 +160,6 @@ class DenoiseTableSpec(TableSpec):
     colour_methods: dict = field(default_factory=dict)
 
     def key(self, row: str, col: Column) -> CellKey:
-        from datasets.noisy import SETS, parse_name
-
         parsed = parse_name(row)
         sigma = parsed[1] if parsed else ""
         colour = bool(parsed) and SETS[parsed[0].lower()][1]

@@ -37,9 +37,19 @@ from pathlib import Path
 
 import numpy as np
 
-from core.files import atomic_write_text
-from core.store import fingerprint
+from benchmark.detection import default_derainer_weights
+from benchmark.evaluate import run_model, to_image, to_tensor
+from benchmark.figures import dataset_for
+from benchmark.tables import get_table, weights_label
 from core.errors import WeightsUnavailable
+from core.files import atomic_write_text
+from core.metrics import image_metrics, rgb2y, to_uint8
+from core.store import code_version, fingerprint
+from datasets.catalog import open_dataset
+from datasets.detection import detection_dataset, rainy
+from detectors.kitti_eval import box_overlap
+from detectors.zoo import get_detector
+from models import registry
 
 #: Bump when a figure's pixels or numbers would change for the same data and weights.
 VISUAL_VERSION = 1
@@ -105,9 +115,6 @@ def crop(img: np.ndarray, side: int = CROP) -> np.ndarray:
 
 def _pairs(rain: str, n: int, profile, data_root):
     """The first ``n`` (name, rainy, clean) of Table 2's dataset for ``rain``, and its description."""
-    from benchmark.figures import dataset_for
-    from datasets.catalog import open_dataset
-
     name = dataset_for(rain, data_root)
     ds = open_dataset(name, data_root, size=profile.embedded_size, seed=profile.seed, limit=n)
     return name, list(ds), ds.describe()
@@ -115,8 +122,6 @@ def _pairs(rain: str, n: int, profile, data_root):
 
 def _load(method: str, weights: str | None, profile, data_root):
     """(net, weights info) or (None, (status, message)) when the method cannot be loaded."""
-    from models import registry
-
     try:
         net, info = registry.load(method, weights, profile.name, data_root)
     except (WeightsUnavailable, FileNotFoundError) as exc:
@@ -131,8 +136,6 @@ def _load(method: str, weights: str | None, profile, data_root):
 def _to_input(img: np.ndarray):
     import torch
 
-    from benchmark.evaluate import to_tensor
-
     return to_tensor(img).contiguous(memory_format=torch.channels_last)
 
 
@@ -140,16 +143,12 @@ def _block_outputs(full, rainy: np.ndarray) -> list[np.ndarray]:
     """[y(1), ..., y(M), merged] of a registered ResGuideNet-family model (``Full`` wrapper)."""
     import torch
 
-    from benchmark.evaluate import to_image
-
     with torch.inference_mode():
         outs = full.net.forward_all(_to_input(rainy))
     return [to_image(o.float()) for o in outs]
 
 
 def _metric_panel(row, label, out, clean, **kw) -> Panel:
-    from core.metrics import image_metrics, to_uint8
-
     m = image_metrics(out, clean)
     return Panel(row, label, to_uint8(out), metrics={"psnr_y": m["psnr_y"], "ssim_y": m["ssim_y"]}, **kw)
 
@@ -220,8 +219,6 @@ def second_layer_maps(full, rainy: np.ndarray) -> np.ndarray:
 
 def rain_mask(rainy: np.ndarray, clean: np.ndarray, step: float = RAIN_LUMA_STEP) -> np.ndarray:
     """Pixels whose luma the rain raised by more than ``step`` (MATLAB Y, 0-1 scale)."""
-    from core.metrics import rgb2y
-
     return (rgb2y(rainy) - rgb2y(clean)) > step
 
 
@@ -253,8 +250,6 @@ def _fig7(profile, data_root):
 
 
 def _fig10(profile, data_root):
-    from benchmark.tables import get_table
-
     spec = get_table("table2")
     ds_name, pairs, desc = _pairs("light", 3, profile, data_root)
     panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
@@ -265,7 +260,6 @@ def _fig10(profile, data_root):
         key = spec.key(ds_name, col)
         nets[col.label] = (col.method, key.weights, *_load(col.method, key.weights, profile, data_root))
         prov["weights"][col.label] = nets[col.label][3]
-    from benchmark.evaluate import run_model
 
     for name, rainy, clean in pairs:
         row = f"{ds_name}, {name}"
@@ -286,12 +280,6 @@ def _fig10(profile, data_root):
 
 
 def _fig12(profile, data_root):
-    from benchmark.evaluate import run_model, to_tensor
-    from core.metrics import to_uint8
-    from benchmark.detection import default_derainer_weights
-    from detectors.zoo import get_detector
-    from datasets.detection import detection_dataset, rainy
-
     ds = detection_dataset("roads", None, profile.name)
     det = get_detector(None, None, profile.name)
     image_id, clean, gts = ds.ids[0], ds.image(0), ds.gts[0]
@@ -305,7 +293,6 @@ def _fig12(profile, data_root):
         label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
         prov["weights"][label] = info
         frames.append((label, method, weights, to_uint8(run_model(net, wet)) if net is not None else info))
-    from detectors.kitti_eval import box_overlap
 
     cars = [g for g in gts if g.type == "Car"]
     panels = []
@@ -431,8 +418,6 @@ def _finish(plt, fig, spec, caption, path: Path) -> None:
 
 def _weights_line(info) -> str:
     """The weights label of a loaded method, or the status of one that could not be loaded."""
-    from benchmark.tables import weights_label
-
     return weights_label(info) if isinstance(info, dict) else info[0]
 
 
@@ -441,8 +426,6 @@ def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
     ``failed_panels`` counts the panels that failed.  Raises for what stops the whole figure
     (an unreadable dataset, a missing detector)."""
     import pandas as pd
-
-    from core.store import code_version
 
     if fig_id not in VISUALS:
         raise ValueError(f"unknown picture figure {fig_id!r}; choose one of {', '.join(VISUALS)}")

@@ -25,7 +25,6 @@ from core.files import atomic_write_text
 from core.layout import REPO
 from core.profiles import Profile
 
-
 CELL_FORMAT = 1
 
 

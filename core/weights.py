@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-
 _DENOISE_TAG = re.compile(r"^denoise(?P<color>-color)?-s(?P<sigma>[0-9]+)$")
 
 

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from core.errors import DatasetMissing
+
+from core.errors import DatasetError, DatasetMissing
+from datasets.embedded import EmbeddedPairs
+from datasets.names import canonical_name, resolve_dataset
+from datasets.noisy import NoisyImages, is_noisy
+from datasets.pairs import FolderPairs
 
 EMBEDDED = {"embedded-light": "light", "embedded-heavy": "heavy"}
 
@@ -25,13 +30,6 @@ def open_dataset(name: str, data_root: Path | None, size: int, seed: int, limit:
     ``size`` and ``seed`` shape the embedded default; ``limit`` keeps the first N pairs.
     Raises ``DatasetMissing`` when a registered real dataset is not under ``data_root``.
     """
-    from datasets.embedded import EmbeddedPairs
-    from datasets.names import canonical_name, resolve_dataset
-    from core.errors import DatasetError
-    from datasets.pairs import FolderPairs
-
-    from datasets.noisy import NoisyImages, is_noisy
-
     if is_noisy(name):  # a denoising set such as BSD68-s25
         return NoisyImages(name, data_root, seed=seed, limit=limit)
     rain = EMBEDDED.get(name.lower())

@@ -25,9 +25,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from core.errors import DatasetMissing
 from core.profiles import detection_profile
-from datasets.kitti import Object, format_label
-
+from datasets.kitti import KittiDetection, Object, format_label
+from datasets.rain import add_rain
+from datasets.roads import road_scenes
 
 RAINS = ("none", "light", "heavy")
 
@@ -68,12 +70,8 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
 
     A missing KITTI folder raises :class:`core.errors.DatasetMissing` naming the path.
     """
-    from core.errors import DatasetMissing
-
     prof, det = detection_profile(profile)
     if name.lower() == "roads":
-        from datasets.roads import road_scenes
-
         scenes = road_scenes("test", det["n_test"], size=det["size"], seed=prof.seed)
         images = [s[1] for s in scenes]
         h = hashlib.sha256()
@@ -84,8 +82,6 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
         info = {"source": "embedded road scenes (datasets.roads), test split", "split": "test",
                 "size": list(det["size"]), "seed": prof.seed, "fingerprint": h.hexdigest()}
         return DetectionSet("roads", [s[0] for s in scenes], gts, lambda i: images[i], info)
-
-    from datasets.kitti import KittiDetection
 
     if name.lower().endswith(".json") and Path(name).is_file():  # a user's labelled (e.g. real-rain) images
         from datasets.detection import read_coco_labels
@@ -161,7 +157,6 @@ def rainy(images: Sequence[np.ndarray], rain: str, seed: int, ids: Sequence[str]
         raise ValueError(f"{len(images)} images but {len(ids)} ids")
     if rain == "none":
         return images
-    from datasets.rain import add_rain
 
     return [add_rain(img, rain, rain_seed(seed, image_id)) for img, image_id in zip(images, ids)]
 

@@ -13,8 +13,8 @@ import hashlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from datasets.names import canonical_name
 from core.errors import DatasetError
+from datasets.names import canonical_name
 
 __all__ = ["sha256_file", "manifest", "fingerprint_of", "identify", "KNOWN_RELEASES"]
 

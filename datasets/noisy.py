@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.errors import DatasetMissing
 from core.metrics import psnr, ssim, to_uint8
+from core.weights import parse_denoise_tag
 
 #: set name -> (folder under the data root, colour?)
 SETS = {"bsd68": ("BSD68", False), "cbsd68": ("CBSD68", True),
@@ -64,8 +66,6 @@ class NoisyImages:
     task = "denoise"
 
     def __init__(self, name: str, data_root: Path | None, seed: int = 0, limit: int | None = None):
-        from core.errors import DatasetMissing
-
         parsed = parse_name(name)
         if parsed is None:
             raise ValueError(f"{name!r} is not a denoising set name (like BSD68-s25)")
@@ -156,7 +156,6 @@ def refuse_seen_test_set(dataset: str, weights, winfo: dict | None = None) -> No
     parsed = parse_name(str(dataset))
     if parsed is None or parsed[0] not in INSIDE_TRAIN_VAL:
         return
-    from core.weights import parse_denoise_tag
 
     data = (winfo or {}).get("training_data") or ""
     source = str(data.get("source", "")) if isinstance(data, dict) else str(data)

@@ -38,6 +38,7 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile
+
 from core.errors import DatasetError
 from datasets.manifest import identify
 

@@ -33,8 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .kitti import Object
-from .kitti_eval import _as_detection
+from datasets.kitti import Object
+from detectors.kitti_eval import _as_detection
 
 __all__ = ["coco_car_ap", "IGNORE_TYPES"]
 

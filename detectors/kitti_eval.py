@@ -58,7 +58,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .kitti import Object
+from datasets.kitti import Object
 
 __all__ = [
     "DIFFICULTIES",

@@ -42,7 +42,9 @@ from typing import Any, Sequence
 
 import torch
 
+from detectors import mmcv_ops
 from detectors.torchvision_det import CLASS_NAMES, Detector
+from models.registry import first_mismatch
 
 __all__ = [
     "MMDET_VERSIONS", "INSTALL_HINT", "MMDetDetector", "build_mmdet_detector", "load_mmdet_config",
@@ -65,8 +67,6 @@ def _install_shim_if_mmcv() -> None:
     if importlib.util.find_spec("mmcv") is None:
         return
     try:
-        from detectors import mmcv_ops
-
         mmcv_ops.install()
     except Exception:  # a broken install: reported by build_mmdet_detector
         pass
@@ -83,7 +83,6 @@ def _require_mmdet() -> None:
         import mmengine  # noqa: F401
     except (ImportError, AssertionError) as exc:  # mmdet asserts on an mmcv version outside its range
         raise ValueError(f"{INSTALL_HINT}; import failed: {exc}") from exc
-    from detectors import mmcv_ops
 
     mmcv_ops.install()
 
@@ -330,7 +329,6 @@ def build_mmdet_detector(
     except Exception as exc:
         raise ValueError(f"{where}: cannot build the mmdet model ({type(exc).__name__}: {exc})") from exc
     state, meta = _load_state(ckpt, trust_checkpoint)
-    from models.registry import first_mismatch
 
     problem = first_mismatch(state, model.state_dict())
     if problem is not None:

@@ -35,6 +35,7 @@ from torch import nn
 
 from core.files import read_torch_file
 from datasets.kitti import Object
+from models.checkpoints import save_weights
 from models.registry import first_mismatch
 
 __all__ = ["DETECTORS", "DEFAULT_DETECTOR", "CLASS_NAMES", "LIGHT_DEFAULTS", "Detector", "TinyBackbone",
@@ -237,8 +238,6 @@ class Detector:
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
         """Atomically write ``{"state_dict", "meta"}`` (loadable with ``checkpoint=path``)."""
-        from models.train import save_weights
-
         save_weights(self.model, Path(path), {"detector": self.name, **self.meta, **(meta or {})})
 
     def __repr__(self) -> str:

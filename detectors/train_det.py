@@ -42,7 +42,13 @@ import torch
 from tqdm.auto import tqdm
 
 from datasets.kitti import Object
-from models.train import TrainingDiverged, _last_good, _logger, restore_checkpoint, write_checkpoint
+from models.checkpoints import (
+    TrainingDiverged,
+    _last_good,
+    restore_checkpoint,
+    write_checkpoint,
+)
+from models.train import _logger
 
 __all__ = ["DetTrainConfig", "TrainingDiverged", "prepare_samples", "batch_plan", "train_detector", "DEFAULT_LR"]
 

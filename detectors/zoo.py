@@ -13,14 +13,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
+from core.errors import WeightsUnavailable
+from core.files import atomic_write_text
 from core.profiles import detection_profile, detector_profile
+from datasets.kitti import KittiDetection
+from datasets.roads import road_scenes
+from detectors.mmdet_det import build_mmdet_detector
+from detectors.torchvision_det import DEFAULT_DETECTOR, build_detector, read_state
+from detectors.train_det import train_detector
+from models import provider
+from models.registry import file_identity
 
 
 def detector_paths(name: str, profile: str) -> dict[str, Path]:
     """Where a detector's weights are looked for: ``shipped`` and ``cache`` (plus the run's ``ckpt``)."""
-    from models import provider
-
     cache = provider.CACHE_DIR.parent / "detectors"
     return {"shipped": provider.WEIGHTS_DIR / f"detector-{name}-{profile}.pt",
             "cache": cache / f"{name}-{profile}.pt",
@@ -55,14 +61,9 @@ def get_detector(name: str | None = None, weights: str | Path | None = None, pro
     has them, else from the profile's road-scene size.  ``data_root`` is unused (the
     detector never trains on real data); it is accepted for symmetry with ``registry.load``.
     """
-    from detectors.torchvision_det import DEFAULT_DETECTOR, build_detector
-    from core.errors import WeightsUnavailable
-    from models.registry import file_identity
-
     if config is not None:  # the mmdet back end: a user's config and checkpoint
         if weights is None:
             raise ValueError("an mmdet config (--detector-config) needs its checkpoint (--detector-weights)")
-        from detectors.mmdet_det import build_mmdet_detector
 
         detector = build_mmdet_detector(config, weights, device=device)
         detector.meta.update(min_size=None, max_size=None, identity={
@@ -122,10 +123,6 @@ def train_detector_cmd(name: str | None = None, profile: str = "quick", data_roo
     """
     import torch
 
-    from detectors.torchvision_det import DEFAULT_DETECTOR, build_detector
-    from detectors.train_det import train_detector
-    from models.registry import file_identity
-
     name = name or DEFAULT_DETECTOR
     prof, det = detection_profile(detector_profile(profile))
     paths = detector_paths(name, prof.name)
@@ -139,15 +136,12 @@ def train_detector_cmd(name: str | None = None, profile: str = "quick", data_roo
         for key in ("shipped", "cache"):
             if paths[key].is_file():
                 return {**out, "complete": True, "weights": str(paths[key]), "already": key}
-        from datasets.roads import road_scenes
 
         samples = road_scenes("train", det["n_train"], size=det["size"], seed=prof.seed)
         weights, ckpt = paths["cache"], paths["ckpt"]
         training_data = {"source": "embedded road scenes (datasets.roads)", "split": "train",
                          "n": det["n_train"], "size": list(det["size"]), "seed": prof.seed}
     else:
-        from datasets.kitti import KittiDetection
-
         folder = Path(train_data)
         if not (folder / "image_2").is_dir() or not (folder / "label_2").is_dir():
             raise ValueError(f"--train-data {folder}: expected a KITTI-layout folder with image_2/ and label_2/")
@@ -177,7 +171,6 @@ def train_detector_cmd(name: str | None = None, profile: str = "quick", data_roo
             "config": res["config"], "init": init_record}
     model.save(weights, meta)
     record = {**meta, **file_identity(weights)}
-    from core.files import atomic_write_text
 
     atomic_write_text(weights.with_suffix(".json"), json.dumps(record, indent=1, default=str) + "\n")
     out["weights"] = str(weights)
@@ -190,8 +183,6 @@ def load_partial(model, path: str | Path) -> dict:
     freeze the backbone's batch norms (``FrozenBatchNorm2d``); return what was loaded / left."""
     import torch
     from torchvision.ops.misc import FrozenBatchNorm2d
-
-    from detectors.torchvision_det import read_state
 
     state = read_state(path)
     own = model.state_dict()

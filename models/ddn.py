@@ -57,7 +57,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import models.provider as provider
 from models.registry import file_identity, official_weights, register
+from models.tf_checkpoint import CheckpointError, index_path, read_checkpoint
 
 RADIUS = 15
 EPS = 1.0
@@ -166,8 +168,6 @@ _IGNORED_SUFFIXES = ("/Momentum", "/Adam", "/Adam_1")
 
 
 def _checkpoint_files(path: str | Path) -> tuple[Path, Path]:
-    from models.tf_checkpoint import index_path
-
     idx = index_path(path)
     data = idx.with_name(idx.name[: -len(".index")] + ".data-00000-of-00001")
     if not idx.is_file():
@@ -180,8 +180,6 @@ def load_tf_checkpoint(net: DDN, path: str | Path) -> dict:
 
     Raises ValueError naming the file and the first variable whose name or shape does not fit.
     """
-    from models.tf_checkpoint import CheckpointError, read_checkpoint
-
     idx, data = _checkpoint_files(path)
     try:
         tensors = read_checkpoint(idx, verify_crc=True)
@@ -244,7 +242,6 @@ def build_ddn(weights, profile, data_root):
     net = DDN()
     if weights == "init":
         return net, {"tag": "init"}
-    from models import provider
 
     if weights is None or weights in provider.RAIN_TAGS:
         return provider.trained("ddn", weights or "light", profile, lambda: ddn_init_(DDN()), provider.single_output,

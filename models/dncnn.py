@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from core.errors import WeightsUnavailable
+from core.weights import denoise_tag, parse_denoise_tag
+import models.provider as provider
 from models.registry import file_identity, first_mismatch, read_state_dict, register
 
 #: MatConvNet's vl_nnbnorm epsilon (its stored moments are [mean, sqrt(var + eps)]).
@@ -249,9 +251,6 @@ def _factory(channels: int, example: str):
     family = "dncnn" if channels == 1 else "dncnn_color"
 
     def factory(weights, profile, data_root):
-        from models import provider
-        from core.weights import denoise_tag, parse_denoise_tag
-
         net = DnCNN(channels=channels)
         if weights == "init":
             return net, {"tag": "init"}

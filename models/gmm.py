@@ -56,6 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.training import training_images
+import models.provider as provider
+from models.colour import rgb2ycbcr, ycbcr2rgb
 from models.registry import file_identity, register
 
 PATCH = 8
@@ -71,14 +74,10 @@ BG_FIT = {"smoke": (8_000, 30), "quick": (60_000, 100), "paper": (200_000, 200),
 
 
 def _rgb2ycbcr(x: torch.Tensor) -> torch.Tensor:
-    from models.jorder import rgb2ycbcr
-
     return rgb2ycbcr(x)
 
 
 def _ycbcr2rgb(x: torch.Tensor) -> torch.Tensor:
-    from models.jorder import ycbcr2rgb
-
     return ycbcr2rgb(x)
 
 
@@ -310,9 +309,6 @@ def background_prior(profile: str, data_root, patch: int = PATCH, components: in
     shipped weights are part of the suite, so a cell that uses them gives the same numbers on a
     machine with real data and on one without.  A cached prior must also match the source of the
     training images (embedded or the data root), since the cache is this machine's own."""
-    from models import provider
-    from models.train import training_images
-
     n, iters = BG_FIT.get(profile, BG_FIT["quick"])
     source = "embedded" if data_root is None else "data_root"  # training_images() decides what that holds
     key = hashlib.sha256(json.dumps([profile, patch, components, n, iters, SEED, source]).encode()).hexdigest()[:12]

@@ -61,7 +61,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import models.provider as provider
 from models.caffe import as_list, read_caffemodel, read_prototxt
+from models.colour import rgb2ycbcr, ycbcr2rgb
 from models.registry import file_identity, first_mismatch, official_weights, register
 
 FEATURES = 64
@@ -76,26 +78,6 @@ PAD = 20
 CROP = 100
 STEP = 80
 BORDER = 10
-
-# MATLAB rgb2ycbcr / ycbcr2rgb on [0, 1] values: ycbcr = OFFSET + M @ rgb
-_M = torch.tensor([[65.481, 128.553, 24.966],
-                   [-37.797, -74.203, 112.0],
-                   [112.0, -93.786, -18.214]], dtype=torch.float64) / 255.0
-_OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64) / 255.0
-
-
-def rgb2ycbcr(rgb: torch.Tensor) -> torch.Tensor:
-    """N x 3 x H x W RGB in [0, 1] -> YCbCr in [0, 1] (MATLAB ``rgb2ycbcr`` for double input)."""
-    m = _M.to(rgb.dtype).to(rgb.device)
-    off = _OFFSET.to(rgb.dtype).to(rgb.device)
-    return torch.einsum("ij,njhw->nihw", m, rgb) + off.view(1, 3, 1, 1)
-
-
-def ycbcr2rgb(ycc: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``rgb2ycbcr`` (MATLAB ``ycbcr2rgb`` for double input), not clipped."""
-    minv = torch.linalg.inv(_M).to(ycc.dtype).to(ycc.device)
-    off = _OFFSET.to(ycc.dtype).to(ycc.device)
-    return torch.einsum("ij,njhw->nihw", minv, ycc - off.view(1, 3, 1, 1))
 
 
 def _uint8_levels(x: torch.Tensor) -> torch.Tensor:
@@ -338,7 +320,6 @@ def build_jorder(weights, profile, data_root):
     net = JORDER()
     if weights == "init":
         return net, {"tag": "init"}
-    from models import provider
 
     if weights is None or weights in provider.RAIN_TAGS:
         return provider.trained("jorder", weights or "light", profile, JORDER, training_outputs, data_root,

@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import WeightsUnavailable
-from models.registry import file_identity, first_mismatch, official_weights, read_state_dict, register
+from models.registry import (
+    file_identity,
+    first_mismatch,
+    official_weights,
+    read_state_dict,
+    register,
+)
 
 OFFICIAL_WEIGHTS = "PReNet/Rain100L/net_latest.pth"  # csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth
 

@@ -20,17 +20,29 @@ import datetime as _dt
 import json
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Callable
 
 import torch
 from torch import nn
 
-from models.registry import file_identity
 from core.errors import WeightsUnavailable
+from core.files import atomic_write_text
 from core.layout import WEIGHTS_DIR, cache_root
+from core.profiles import get_profile
+from core.store import code_version
+from core.weights import parse_denoise_tag
+from datasets.training import (
+    denoise_training_images,
+    real_training_pairs,
+    training_images,
+)
+from models.checkpoints import load_weights, save_weights
+from models.registry import file_identity
+from models.samplers import NoisyPatchSampler, PairedPatchSampler, PatchSampler
+from models.train import TrainConfig, train
 
 #: The rain tags the suite trains derainers for (a ``weights`` value that means "trained here").
 RAIN_TAGS = ("light", "heavy", "ddn")
@@ -82,8 +94,6 @@ def weights_name(family: str, tag: str, profile: str) -> str:
 
 def _what(tag: str) -> str:
     """``light rain`` or ``denoising, sigma 30, grey`` (for messages)."""
-    from core.weights import parse_denoise_tag
-
     denoise = parse_denoise_tag(tag)
     if denoise is None:
         return f"{tag} rain"
@@ -92,8 +102,6 @@ def _what(tag: str) -> str:
 
 def train_command(family: str, tag: str, profile: str, data_root=None, device: str = "cpu") -> str:
     """The ``benchmark.run train`` command that makes the weights ``family``-``tag``-``profile``."""
-    from core.weights import parse_denoise_tag
-
     denoise = parse_denoise_tag(tag)
     what = f"--rain {tag}" if denoise is None else f"--sigma {denoise[0]} {'--color' if denoise[1] else '--grey'}"
     root = f" --data-root {data_root}" if data_root else ""
@@ -121,11 +129,6 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
 
     ``recipe`` overrides TrainConfig fields (optimizer, loss, lr, batch, patch) for methods that
     train their own way; a denoising ``tag`` sets task, sigma and channels."""
-    from core.store import code_version
-    from core.profiles import get_profile
-    from models.train import (NoisyPatchSampler, PairedPatchSampler, PatchSampler, TrainConfig, denoise_training_images, real_training_pairs, save_weights, train, training_images)
-    from core.weights import parse_denoise_tag
-
     profile = get_profile(profile_name)
     name = weights_name(family, tag, profile_name)
     denoise = parse_denoise_tag(tag)
@@ -231,7 +234,6 @@ def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], d
     record = make()
     if weights_sha256 is not None:
         record = {**record, "weights_sha256": weights_sha256}
-    from core.files import atomic_write_text
 
     atomic_write_text(CACHE_DIR / name, json.dumps(record, indent=1) + "\n")
     return record
@@ -242,9 +244,6 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
             recipe: dict | None = None) -> tuple[nn.Module, dict]:
     """A trained ``family`` model for ``tag`` (a rain type, or ``denoise[-color]-sSIGMA``) under
     ``profile``, with its weights identity; ``recipe``: see :func:`train_now`."""
-    from models.train import load_weights
-    from core.weights import parse_denoise_tag
-
     path = find(family, tag, profile)
     if path is None and not _TRAINING_ALLOWED.get():
         # a denoiser's command names the data root: without one it would train on the embedded images
@@ -252,7 +251,6 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
         raise WeightsUnavailable(
             f"{family} is not trained for {_what(tag)} in the {profile} profile: run "
             f"`{train_command(family, tag, profile, root)}` (or pass --train-missing)")
-    from core.profiles import get_profile
 
     with torch.random.fork_rng(devices=[]):  # the starting weights are a function of the seed alone
         torch.manual_seed(get_profile(profile).seed)

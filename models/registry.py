@@ -23,8 +23,8 @@ from typing import Callable
 
 from torch import nn
 
-from core.files import read_torch_file
 from core.errors import UnknownMethod, WeightsUnavailable
+from core.files import read_torch_file
 from core.layout import REPO
 
 Factory = Callable[[str | None, str, "Path | None"], tuple[nn.Module, dict]]
@@ -79,7 +79,6 @@ def register(name: str, *, paper_name: str | None = None, version: str = "1", ta
 
 
 def get(name: str) -> MethodSpec:
-    _import_all()
     try:
         return REGISTRY[name]
     except KeyError:
@@ -87,7 +86,6 @@ def get(name: str) -> MethodSpec:
 
 
 def names() -> list[str]:
-    _import_all()
     return sorted(REGISTRY)
 
 
@@ -160,19 +158,5 @@ def first_mismatch(saved: dict, model: dict) -> str | None:
     return None
 
 
-def state_identity(net: nn.Module) -> str:
-    """sha256 over a module's tensors, for weights that were built in memory."""
-    h = hashlib.sha256()
-    for k, v in net.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _import_all() -> None:
-    # Importing the method modules registers them.
-    from models import ddn, did_mdn, dncnn, gmm, identity, jorder, prenet, resguidenet_zoo  # noqa: F401
-
-
 __all__ = ["MethodSpec", "REGISTRY", "register", "get", "names", "load", "count_parameters",
-           "file_identity", "state_identity", "UnknownMethod", "WeightsUnavailable", "official_weights", "first_mismatch"]
+           "file_identity", "UnknownMethod", "WeightsUnavailable", "official_weights", "first_mismatch"]

@@ -19,10 +19,16 @@ from pathlib import Path
 
 from torch import nn
 
-from models import provider
-from models.registry import file_identity, register
+from core.profiles import get_profile
+from core.weights import parse_denoise_tag
+from datasets.training import training_images
+import models.provider as provider
+from models.autoexit import AutoExit, calibrate
+from models.checkpoints import _load, load_weights
 from models.provider import RAIN_TAGS
+from models.registry import file_identity, register
 from models.resguidenet import build, param_counts
+from models.samplers import PatchSampler
 
 
 class Exit(nn.Module):
@@ -73,8 +79,6 @@ def _channels_of(meta: dict | None) -> int:
 
 def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim: bool = True):
     def factory(weights, profile, data_root):
-        from core.weights import parse_denoise_tag
-
         def make(channels: int = 3):
             return build(variant, channels=channels)[0]
 
@@ -91,8 +95,6 @@ def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim:
             net, info = provider.trained(family, weights, profile, lambda: make(channels), _outputs, data_root,
                                          use_ssim)
         else:
-            from models.train import _load, load_weights
-
             path = Path(weights)
             if not path.is_file():
                 raise FileNotFoundError(f"weights {weights!r} are neither a tag ({', '.join(RAIN_TAGS)}, "
@@ -131,12 +133,6 @@ for _name, (_paper, _variant, _ssim, _desc) in ABLATIONS.items():
 
 def _auto(weights, profile, data_root):
     """ResGuideNet with the automatic exit; the threshold is calibrated on training patches."""
-    from core.profiles import get_profile
-    from models.autoexit import AutoExit, calibrate
-    from models.train import PatchSampler, training_images
-
-    from core.weights import parse_denoise_tag
-
     if parse_denoise_tag(weights) is not None:
         raise ValueError(f"resguidenet_auto calibrates its exit on rainy patches; it has no denoising weights "
                          f"({weights}): use resguidenet")

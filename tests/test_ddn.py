@@ -233,7 +233,8 @@ def test_init_is_xavier_uniform_with_zero_biases():
 def test_training_follows_the_recipe_and_resumes_bit_exactly(tmp_path):
     from models.ddn import ddn_init_, train_recipe
     from models.provider import single_output as _outputs
-    from models.train import PatchSampler, TrainConfig, train
+    from models.samplers import PatchSampler
+    from models.train import TrainConfig, train
 
     images = [img for _, img in clean_images("train", 48)]
     sampler = PatchSampler(images, rain="heavy", patch=32, seed=0)

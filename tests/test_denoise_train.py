@@ -16,7 +16,10 @@ from datasets.noisy import NoisyImages, _noise_seed, add_noise, to_grey
 from models import provider
 from models.dncnn import BN_GAMMA_MIN, DnCNN, dncnn_init_, train_recipe
 from models.resguidenet import ResGuideNet, build
-from models.train import NoisyPatchSampler, TrainConfig, denoise_training_images, save_weights, train
+from models.samplers import NoisyPatchSampler
+from models.train import TrainConfig, train
+from datasets.training import denoise_training_images
+from models.checkpoints import save_weights
 from core.weights import denoise_tag, parse_denoise_tag
 
 pytestmark = pytest.mark.usefixtures("one_thread")

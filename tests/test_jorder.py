@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from models.caffe import as_list, decode_caffemodel, parse_prototxt, read_caffemodel, read_prototxt
-from models.jorder import (JORDER, PAPER_PARAMS, _starts, build_jorder, check_prototxt, expected_layers,
-                           load_caffe, rgb2ycbcr, ycbcr2rgb)
+from models.jorder import JORDER, PAPER_PARAMS, _starts, build_jorder, check_prototxt, expected_layers, load_caffe
+from models.colour import rgb2ycbcr, ycbcr2rgb
 from models.registry import count_parameters
 
 
@@ -405,7 +405,8 @@ def test_recipe_is_the_authors_jorder_e_one():
 
 
 def test_training_output_is_the_network_on_y_with_the_input_chroma():
-    from models.jorder import rgb2ycbcr, training_outputs, ycbcr2rgb
+    from models.colour import rgb2ycbcr, ycbcr2rgb
+    from models.jorder import training_outputs
     from models.train import TrainConfig, _loss
 
     torch.manual_seed(0)

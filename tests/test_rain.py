@@ -206,3 +206,69 @@ def test_ddn_mixture_picks_one_of_the_14_types_per_seed():
     picked = [next(n for n in DDN_PRESET_NAMES if np.array_equal(add_rain(img, n, seed=s), add_rain(img, "ddn", seed=s)))
               for s in range(6)]
     assert len(set(picked)) > 1
+
+
+# --------------------------------------------------------------------------
+# the "-real" presets (fitted to real heavy rain) and the additive blend
+# --------------------------------------------------------------------------
+
+def test_real_presets_exist_render_deterministically_and_are_additive():
+    from datasets.rain import HEAVY_REAL_FIT
+
+    img = _clean()
+    for preset in ("heavy-real", "light-real"):
+        params = PRESETS[preset]
+        assert params.blend == "additive" and params.veil == 0.0
+        a = add_rain(img, preset, seed=3)
+        assert np.array_equal(a, add_rain(img, preset, seed=3))
+        assert not np.array_equal(a, add_rain(img, preset, seed=4))
+        assert a.dtype == np.uint8 and a.shape == img.shape and (a >= img).all()
+    heavy, light = PRESETS["heavy-real"], PRESETS["light-real"]
+    assert len(heavy.layers) == 3 and len(light.layers) == 1
+    # the same streak shape and slant; light-real is sparser and has no haze
+    (lt,) = light.layers
+    for layer in heavy.layers:
+        assert (layer.length, layer.width, layer.brightness) == (lt.length, lt.width, lt.brightness)
+    assert light.angle_jitter == heavy.angle_jitter and lt.angle == pytest.approx(HEAVY_REAL_FIT["angle"])
+    assert lt.density < sum(layer.density for layer in heavy.layers)
+    assert light.haze == 0.0 and heavy.haze == pytest.approx(HEAVY_REAL_FIT["haze"])
+    assert np.mean([layer.angle for layer in heavy.layers]) == pytest.approx(HEAVY_REAL_FIT["angle"])
+
+
+def test_old_presets_keep_their_numbers():
+    # results made with these presets must stay reproducible: no haze, screen blend, the calibrated numbers
+    for name in ("light", "medium", "heavy", *DDN_PRESET_NAMES):
+        assert PRESETS[name].haze == 0.0 and PRESETS[name].blend == "screen"
+    (lt,) = PRESETS["light"].layers
+    assert (lt.density, lt.length, lt.width, lt.intensity) == (0.0026, 24.0, 0.3, 0.63)
+    heavy = PRESETS["heavy"]
+    assert heavy.veil == 0.15 and heavy.angle_jitter == 15.0
+    assert [l.density for l in heavy.layers] == [0.00226, 0.00186, 0.00186, 0.00136, 0.00136]
+
+
+def test_additive_blend_is_min_of_sum():
+    img = _clean()
+    params = RainParams(layers=(RainLayer(0.01, 15, 5, 0, 0.6, 0.9),), blend="additive", haze=0.05)
+    out = add_rain(img, params, seed=9)
+    s = rain_mask(img.shape[:2], params, np.random.default_rng(9))
+    expected = np.rint(np.clip(img / 255.0 + s[:, :, None], 0.0, 1.0) * 255.0).astype(np.uint8)
+    assert np.array_equal(out, expected)
+    # the haze is part of the layer: a uniform floor on it
+    no_haze = rain_mask(img.shape[:2], RainParams(layers=params.layers, blend="additive"), np.random.default_rng(9))
+    np.testing.assert_allclose(s, np.clip(no_haze + 0.05, 0, 1))
+    with pytest.raises(ValueError):
+        RainParams(layers=(), haze=1.5)
+
+
+def test_real_rain_params_fans_directions():
+    from datasets.rain import real_rain_params
+
+    p = real_rain_params(density=0.009, length=50, width=0.6, intensity=0.4, low=0.1, fan=5.0, angle=-2.0,
+                         angle_jitter=8.0, haze=0.01, directions=3)
+    assert [l.angle for l in p.layers] == pytest.approx([-7.0, -2.0, 3.0])
+    assert sum(l.density for l in p.layers) == pytest.approx(0.009)
+    assert all(l.brightness == (0.1, 1.0) and l.angle_jitter == 0.0 for l in p.layers)
+    one = real_rain_params(density=0.003, length=50, width=0.6, intensity=0.4, low=0.1, fan=5.0, directions=1)
+    assert len(one.layers) == 1 and one.layers[0].angle == 0.0
+    with pytest.raises(ValueError):
+        real_rain_params(density=0.003, length=50, width=0.6, intensity=0.4, low=0.1, directions=0)

@@ -12,7 +12,8 @@ from benchmark.run import main
 from models import provider, registry
 from models.autoexit import AutoExit, calibrate
 from models.resguidenet import build
-from models.train import PatchSampler, save_weights
+from models.samplers import PatchSampler
+from models.checkpoints import save_weights
 from datasets.embedded import clean_images
 
 
@@ -135,7 +136,8 @@ def test_figure_datasets_prefer_real_data(tmp_path):
 def test_real_training_pairs_take_precedence(tmp_path, monkeypatch):
     from PIL import Image
 
-    from models.train import PairedPatchSampler, real_training_pairs
+    from models.samplers import PairedPatchSampler
+    from datasets.training import real_training_pairs
 
     root = tmp_path / "data" / "train" / "RainTrainL"
     (root / "rainy").mkdir(parents=True)

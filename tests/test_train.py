@@ -8,15 +8,10 @@ from torch import nn
 
 import models.train as mt
 from datasets.embedded import clean_images
-from models.train import (
-    PatchSampler,
-    TrainConfig,
-    TrainingDiverged,
-    load_weights,
-    save_weights,
-    train,
-    training_images,
-)
+from models.samplers import PatchSampler
+from models.train import TrainConfig, train
+from models.checkpoints import TrainingDiverged, load_weights, save_weights
+from datasets.training import training_images
 
 
 class Tiny(nn.Module):

@@ -1,0 +1,192 @@
+"""Tests of datasets.rainbank (real rain layers, the bank) and benchmark.rain_look on synthetic pairs."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets.rain import RainLayer, RainParams, add_rain, rain_mask
+from datasets.rainbank import (
+    HOLDOUT,
+    RainBank,
+    add_bank_rain,
+    extract_layer,
+    load_bank,
+    load_pairs,
+    pair_folder,
+    pair_names,
+    rainy_input_score,
+    split_names,
+)
+
+_ADDITIVE = RainParams(layers=(RainLayer(0.01, 20, 5, 0, 0.7, 0.5),), blend="additive")
+
+
+def _background(h, w, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = 80 + 40 * np.sin(xx / (9.0 + seed)) + 30 * np.cos(yy / 7.0)
+    return np.clip(base[:, :, None] + rng.normal(0, 4, (h, w, 3)), 0, 200).astype(np.uint8)
+
+
+def _write_pairs(folder, numbers, h=40, w=56, layer_value=None):
+    """norain-N.png pairs under folder/rainy and folder/clean; the rain is additive (a constant
+    grey ``layer_value[N]`` when given, else the renderer's additive streaks)."""
+    (folder / "rainy").mkdir(parents=True, exist_ok=True)
+    (folder / "clean").mkdir(parents=True, exist_ok=True)
+    for n in numbers:
+        clean = _background(h, w, n)
+        if layer_value is None:
+            rainy = add_rain(clean, _ADDITIVE, seed=n)
+        else:
+            rainy = np.rint(np.clip(clean / 255.0 + layer_value[n], 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(clean).save(folder / "clean" / f"norain-{n}.png")
+        Image.fromarray(rainy).save(folder / "rainy" / f"norain-{n}.png")
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A data root with 8 pairs numbered like the real set (no 1 or 10)."""
+    _write_pairs(tmp_path / "train" / "RainTrainH-sample18", [2, 3, 4, 9, 11, 12, 20, 15])
+    return tmp_path
+
+
+# --------------------------------------------------------------------------
+# finding the pairs
+# --------------------------------------------------------------------------
+
+def test_pairs_are_ordered_by_number_and_the_last_are_held_out(root):
+    names = pair_names(root)
+    assert names == [f"norain-{n}.png" for n in (2, 3, 4, 9, 11, 12, 15, 20)]
+    assert pair_folder(root) == root / "train" / "RainTrainH-sample18"
+    assert pair_names(root / "train" / "RainTrainH-sample18") == names  # the folder itself works too
+    fit, held = split_names(names, holdout=3)
+    assert fit == names[:5] and held == ["norain-12.png", "norain-15.png", "norain-20.png"]
+    assert split_names(names)[1] == names[-HOLDOUT:]
+    with pytest.raises(ValueError):
+        split_names(names, holdout=8)
+    assert [n for n, _, _ in load_pairs(root, holdout=3)] == fit
+
+
+def test_missing_folder_and_files_are_named(tmp_path, root):
+    with pytest.raises(FileNotFoundError, match="RainTrainH-sample18"):
+        pair_names(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="RainTrainH-sample18"):
+        load_bank(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="norain-7.png"):
+        load_bank(root, names=["norain-2.png", "norain-7"])
+    (root / "train" / "RainTrainH-sample18" / "clean" / "norain-9.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"clean.*norain-9\.png"):
+        pair_names(root)
+
+
+# --------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------
+
+def test_extract_layer_is_exact_where_measured_and_fills_the_rest_with_rain():
+    h, w = 64, 96
+    s_true = rain_mask((h, w), RainParams(layers=(RainLayer(0.02, 15, 0, 0, 0.6, 0.5),)), np.random.default_rng(0))
+    clean = np.full((h, w, 3), 0.3)
+    clean[10:40, 20:60] = 0.99  # a bright block: additive rain saturates there
+    rainy = np.rint(np.clip(clean + s_true[:, :, None], 0, 1) * 255) / 255
+    clean8 = np.rint(clean * 255).astype(np.uint8)
+    s, valid = extract_layer(np.rint(rainy * 255).astype(np.uint8), clean8)
+    assert s.dtype == np.float32 and s.shape == (h, w) and 0 <= s.min() and s.max() <= 1
+    assert np.abs(s[valid] - s_true[valid]).max() <= 1.0 / 255 + 1e-6
+    hole = ~valid
+    assert hole.sum() > 200
+    # the filled pixels are rain like elsewhere, not the lower bound 1 - B of the bright block
+    assert abs(s[hole].mean() - s[valid].mean()) < 0.05
+    assert np.isin(np.rint(s[hole] * 255), np.rint(s[valid] * 255)).all()
+
+
+def _bank(values, shape=(60, 80), names=None):
+    layers = tuple(np.full(shape, v, np.float32) for v in values)
+    valid = tuple(np.ones(shape, bool) for _ in values)
+    return RainBank(names=tuple(names or (f"p{i}" for i in range(len(values)))), layers=layers, valid=valid)
+
+
+def test_bank_rain_is_deterministic_additive_and_in_range():
+    rng = np.random.default_rng(1)
+    layer = rng.uniform(0, 0.6, (70, 90)).astype(np.float32)
+    bank = RainBank(names=("a",), layers=(layer,), valid=(np.ones(layer.shape, bool),))
+    clean = _background(48, 64, 1)
+    a = add_bank_rain(clean, 5, bank)
+    assert a.dtype == np.uint8 and a.shape == clean.shape
+    assert np.array_equal(a, add_bank_rain(clean, 5, bank))
+    assert not np.array_equal(a, add_bank_rain(clean, 6, bank))
+    assert np.array_equal(add_bank_rain(clean / 255.0, 5, bank), a)  # float input, same result
+    grey = add_bank_rain(clean[:, :, 0], 5, bank)
+    assert grey.shape == (48, 64)
+    # additive and grey: O - B is the same on every unsaturated channel and never negative
+    d = a.astype(int) - clean.astype(int)
+    unsat = (a < 255).all(axis=2)
+    assert (d >= 0).all() and (d[..., 0] == d[..., 1])[unsat].all() and (d[..., 1] == d[..., 2])[unsat].all()
+    # without zoom, gain or crop the layer is added as it is (possibly mirrored)
+    same = add_bank_rain(np.zeros((70, 90, 3)), 3, bank, scale=(1, 1), gain=(1, 1))[..., 0]
+    expect = np.rint(layer.astype(np.float64) * 255)
+    assert np.array_equal(same, expect) or np.array_equal(same, expect[:, ::-1])
+
+
+def test_bank_rain_covers_images_larger_than_the_layer():
+    bank = _bank([0.2], shape=(30, 50))
+    out = add_bank_rain(np.zeros((45, 40, 3), np.uint8), 0, bank, scale=(0.75, 0.75), gain=(1, 1))
+    assert (out == 51).all()  # zoom raised to 1.5 so the layer covers every pixel
+
+
+def test_bank_uses_only_the_allowed_pairs(tmp_path):
+    folder = tmp_path / "pairs"
+    values = {2: 0.05, 3: 0.08, 4: 0.06, 5: 0.5, 6: 0.55}
+    _write_pairs(folder, values, layer_value=values)
+    default = load_bank(folder, holdout=2)
+    assert default.names == ("norain-2.png", "norain-3.png", "norain-4.png")
+    chosen = load_bank(folder, names=["norain-3", "norain-2.png"])
+    assert chosen.names == ("norain-2.png", "norain-3.png")
+    black = np.zeros((32, 32, 3), np.uint8)
+    for bank, top in ((default, 0.08), (chosen, 0.08)):
+        seen = max(int(add_bank_rain(black, s, bank).max()) for s in range(40))
+        assert seen <= np.ceil(top * 1.2 * 255) + 1  # never a held-out layer (0.5 and more)
+    held = load_bank(folder, names=["norain-5", "norain-6"])
+    assert min(int(add_bank_rain(black, s, held).min()) for s in range(10)) >= np.floor(0.5 * 0.7 * 255) - 1
+    assert load_bank(folder, holdout=2) is default  # cached
+
+
+def test_rainy_input_score_is_the_suites_metric():
+    from core.metrics import image_metrics
+
+    clean = _background(40, 48, 3)
+    rainy = add_rain(clean, "heavy-real", seed=2)
+    p, s = rainy_input_score(rainy, clean)
+    m = image_metrics(rainy, clean)
+    assert p == pytest.approx(m["psnr_y"], abs=1e-12) and s == pytest.approx(m["ssim_y"], abs=1e-12)
+
+
+# --------------------------------------------------------------------------
+# benchmark.rain_look
+# --------------------------------------------------------------------------
+
+def test_rain_look_table_and_figure(root, tmp_path):
+    import pandas as pd
+
+    from benchmark.rain_look import draw_rain_look, format_table, rain_stats_frame, rain_stats_long
+
+    sources = ("real", "heavy-real", "bank-heavy")
+    long = rain_stats_long(root, sources, seed=0)
+    assert set(long["source"]) == set(sources) and long["background"].nunique() == 8
+    df = rain_stats_frame(root, sources, seed=0)
+    assert list(df.columns) == ["source", "statistic", "mean", "std", "min", "max", "n"]
+    row = df[(df.source == "heavy-real") & (df.statistic == "coverage")].iloc[0]
+    assert row["min"] <= row["mean"] <= row["max"] and row["n"] == 8
+    pd.testing.assert_frame_equal(df, rain_stats_frame(root, sources, seed=0))  # deterministic
+    table = format_table(df)
+    assert table.splitlines()[0] == "| statistic | real | heavy-real | bank-heavy |"
+    assert "| length_px |" in table and "±" in table
+    with pytest.raises(KeyError, match="no-such"):
+        rain_stats_frame(root, ("no-such",))
+
+    out = tmp_path / "fig" / "rain_look.png"
+    summary = draw_rain_look(root, out, sources=sources, long=long, crop=32,
+                             shown=("clean", "real", "heavy-real", "bank-heavy"))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pd.read_csv(out.with_suffix(".csv")).shape == summary.shape
+    assert not list(out.parent.glob(".*.tmp"))
