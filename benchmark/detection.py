@@ -50,14 +50,19 @@ bootstrap intervals of the deraining gain from the cells alone.
 """
 from __future__ import annotations
 
+import io
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from benchmark.evaluate import run_model, to_tensor
 from core.errors import UnknownMethod
-from core.layout import RESULTS
+from core.files import atomic_write
+from core.layout import RESULTS, cache_root
 from core.metrics import to_uint8
 from core.profiles import detection_profile
 from core.store import Store, fingerprint, settle
@@ -140,20 +145,6 @@ def _det_store(results: Path, profile: str, dataset: str = "roads"):
     return Store(Path(results) / "cache" / "cells" / profile / "detection")
 
 
-def default_derainer_weights(derainer: str, rain: str) -> str | None:
-    """The weights a derainer uses on ``rain`` when none are named: the suite-trained model of that
-    rain for the methods the suite trains, the authors' checkpoint for those it does not."""
-    if derainer in NO_DERAINER:
-        return None
-
-    spec = registry.get(derainer)
-    if getattr(spec.factory, "family", None) is not None:
-        return rain if rain in ("light", "heavy") else None
-    if derainer in registry.OFFICIAL_WEIGHTS:
-        return "official"
-    return None
-
-
 def _round_dets(objs: list[Object]) -> list[list[float]]:
     return [[round(float(v), 3) for v in o.bbox] + [round(float(o.score), 6)] for o in objs]
 
@@ -196,7 +187,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     """Compute (or reuse) one detection cell; never raises for a bad input (see the module doc).
 
     ``derainer``: a registered method or ``"none"`` / ``"identity"`` (the clean and rainy
-    rows); ``derainer_weights`` default to :func:`default_derainer_weights`.  The cell holds
+    rows); ``derainer_weights`` default to :func:`models.registry.weights_for_rain`.  The cell holds
     ``metrics`` (``ap11_*``, ``ap40_*``, ``coco_ap``, ``coco_ap50``, ``coco_ap75``), ``ci``
     (95 % percentile bootstrap intervals over images of ``ap40_moderate`` and ``coco_ap50``),
     ``n_images``, ``n_objects`` (Car ground truths), ``seconds`` (``derain``, ``detect``) and
@@ -211,7 +202,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     no_derain = derainer in NO_DERAINER
     if derainer_weights is None and not no_derain:
         try:
-            derainer_weights = default_derainer_weights(derainer, rain)
+            derainer_weights = registry.weights_for_rain(derainer, rain)
         except UnknownMethod:
             pass  # reported below as a failed cell
     cid = cell_id(detector, "none" if no_derain else derainer, dataset, rain, derainer_weights)
@@ -260,12 +251,16 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             dets.extend(_dets_from_rows(_round_dets(o)) for o in outs)  # the stored precision
             pending.clear()
 
+        frames = DerainedFrames(cell["derainer"], winfo, rain, prof.seed, ds.info["fingerprint"]) if net else None
         for i in tqdm(range(len(ds)), disable=not progress, desc=f"{cell['derainer']} on {ds.name} ({rain})"):
-            img = rainy([ds.image(i)], rain, prof.seed, ids=[ds.ids[i]])[0]
-            if net is not None:
-                t0 = time.perf_counter()
-                img = to_uint8(run_model(net, img))
-                t_derain += time.perf_counter() - t0
+            img = frames.load(ds.ids[i]) if frames else None
+            if img is None:
+                img = rainy([ds.image(i)], rain, prof.seed, ids=[ds.ids[i]])[0]
+                if net is not None:
+                    t0 = time.perf_counter()
+                    img = to_uint8(run_model(net, img))
+                    t_derain += time.perf_counter() - t0
+                    frames.save(ds.ids[i], img)
             pending.append(to_tensor(img)[0])
             if len(pending) >= batch:
                 flush()
@@ -274,7 +269,8 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         stage["now"] = "scoring"
         scored = _metrics(ds.gts, dets, n_boot, prof.seed)
         cell.update(status="ok", **scored, n_images=len(ds), n_objects=ds.n_objects,
-                    seconds={"derain": t_derain, "detect": t_detect}, dataset_info=ds.info,
+                    seconds={"derain": t_derain, "detect": t_detect},
+                    derained_from_cache=frames.hits if frames else 0, dataset_info=ds.info,
                     detector_weights=det.meta["identity"],
                     detector_size=[det.meta["min_size"], det.meta["max_size"]],
                     detector_training=(det.meta.get("training_data") or None),
@@ -317,7 +313,7 @@ class _Row:
 
 
 def _rows(rain: str, derainers) -> list[_Row]:
-    rows = [_Row("clean (no rain)", "none", None, "none"), _Row("none", None, rain)]
+    rows = [_Row("clean (no rain)", "none", None, "none"), _Row("rainy", "none", None, rain)]
     for method, weights in derainers:
         weights = weights.format(rain=rain) if weights else weights
         label = method if weights in (None, "official") else f"{method} ({Path(weights).stem})"
@@ -345,10 +341,47 @@ def _row_cell_id(detector: str, row: _Row, dataset: str) -> str:
     weights = row.weights
     if weights is None and row.derainer not in NO_DERAINER:
         try:
-            weights = default_derainer_weights(row.derainer, row.rain)
+            weights = registry.weights_for_rain(row.derainer, row.rain)
         except LookupError:
             weights = None
     return cell_id(detector, "none" if row.derainer in NO_DERAINER else row.derainer, dataset, row.rain, weights)
+
+
+#: The detector of each dataset's rows in the AP table: the road-scene Faster R-CNN on the road
+#: scenes, the COCO-trained YOLOv5n (which knows real cars) on the real KITTI frames.
+STUDY_DETECTORS = {"roads": DEFAULT_DETECTOR, "KITTI": "yolov5n"}
+
+
+class DerainedFrames:
+    """Derained frames cached as PNG per (derainer, weights, rain, seed, dataset), so that a
+    second detector, or a rerun, reuses them instead of deraining again (a derainer takes up to
+    seconds per KITTI frame on a CPU).  ``hits`` counts the frames read back."""
+
+    def __init__(self, derainer: str, weights: dict, rain: str, seed: int, dataset_fingerprint: str):
+        key = fingerprint({"derainer": derainer, "weights": weights, "rain": rain, "seed": seed,
+                           "dataset": dataset_fingerprint})[:20]
+        self.root = cache_root() / "derained" / f"{derainer}-{rain}-{key}"
+        self.hits = 0
+
+    def _path(self, image_id: str) -> Path:
+        return self.root / f"{image_id}.png"
+
+    def load(self, image_id: str) -> np.ndarray | None:
+        path = self._path(image_id)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as im:
+                img = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        except OSError:
+            return None  # a damaged cache file: derained again and rewritten
+        self.hits += 1
+        return img
+
+    def save(self, image_id: str, img: np.ndarray) -> None:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        atomic_write(self._path(image_id), lambda fh: fh.write(buf.getvalue()), binary=True)
 
 
 def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
@@ -360,19 +393,19 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
     :func:`detect_cell`, or with ``compute=False`` read from the store as they are (a missing
     cell comes back as ``{"status": "missing"}``)."""
     results = RESULTS if results is None else results
-    detector = detector or DEFAULT_DETECTOR
     prof, _ = detection_profile(profile)
     stats = stats if stats is not None else {}
     store = _det_store(results, prof.name)
     sections = []
     with training_allowed(train_missing):
         for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
+            det_name = detector or STUDY_DETECTORS.get(dataset, DEFAULT_DETECTOR)
             if compute:
-                cells = [detect_cell(r.derainer, dataset, r.rain, detector, profile=prof.name, data_root=data_root,
+                cells = [detect_cell(r.derainer, dataset, r.rain, det_name, profile=prof.name, data_root=data_root,
                                      detector_weights=detector_weights, derainer_weights=r.weights,
                                      results=results, force=force, progress=progress, stats=stats) for r in rows]
             else:
-                cells = [store.load(_Key(_row_cell_id(detector, r, dataset)))
+                cells = [store.load(_Key(_row_cell_id(det_name, r, dataset)))
                          or {"status": "missing", "error": "no stored cell (run `python -m benchmark.run table ap`)"}
                          for r in rows]
             sections.append((dataset, rain, rows, cells))
@@ -382,12 +415,11 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
 def ap_dry_run(profile: str, results: Path, detector: str | None = None, datasets=("roads", "KITTI"),
                rains=("light", "heavy"), derainers=DEFAULT_DERAINERS) -> list[str]:
     """Lines ``  <cell id>: stored (<status>) | missing`` for the AP table's cells (computes nothing)."""
-    detector = detector or DEFAULT_DETECTOR
     store = _det_store(results, profile)
     lines = []
     for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
         for r in rows:
-            cid = _row_cell_id(detector, r, dataset)
+            cid = _row_cell_id(detector or STUDY_DETECTORS.get(dataset, DEFAULT_DETECTOR), r, dataset)
             old = store.load(_Key(cid))
             lines.append(f"  {cid}: {'stored (' + str(old.get('status')) + ')' if old else 'missing'}")
     return lines

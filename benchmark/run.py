@@ -48,6 +48,7 @@ from detectors.zoo import train_detector_cmd
 from models import provider, registry
 from models.provider import training_allowed
 from models.tiling import Tiled
+from core.weights import RAIN_TAGS
 
 
 def table_ids() -> tuple[str, ...]:
@@ -285,9 +286,9 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
             raise ValueError(f"{method} is a denoiser: train it with --sigma N (noise level on the 0-255 scale), "
                              "not --rain")
         tag = rain = rain or "light"
-        if rain not in provider.RAIN_TAGS:
+        if rain not in RAIN_TAGS:
             raise ValueError(f"unknown rain {rain!r} for --rain; the suite trains derainers for: "
-                             f"{', '.join(provider.RAIN_TAGS)}")
+                             f"{', '.join(RAIN_TAGS)}")
     else:
         if "denoise" not in tasks:
             can = sorted(m for m in registry.names()

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.detection import default_derainer_weights
 from benchmark.evaluate import run_model, to_image, to_tensor
 from benchmark.figures import dataset_for
 from benchmark.tables import get_table, weights_label
@@ -288,7 +287,7 @@ def _fig12(profile, data_root):
     prov = {"data": {"roads (test split)": ds.info.get("fingerprint")},
             "weights": {"detector": det.meta["identity"]}}
     for method in ("resguidenet_3", "resguidenet"):
-        weights = default_derainer_weights(method, "heavy")
+        weights = registry.weights_for_rain(method, "heavy")
         net, info = _load(method, weights, profile, data_root)
         label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
         prov["weights"][label] = info

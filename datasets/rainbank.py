@@ -620,7 +620,9 @@ def calibrate_light_real(
         if key not in memo:
             params = real_rain_params(**{**base, "density": density, "intensity": intensity}, directions=1)
             rows = measure_rain(images, params, seeds, stats=False)
-            memo[key] = (_mean(rows, "psnr_y"), _mean(rows, "ssim_y"))
+            # an image without a single streak scores inf dB: count it as 100 dB so the mean stays finite
+            psnr = [min(r["psnr_y"], 100.0) for r in rows]
+            memo[key] = (float(np.mean(psnr)), _mean(rows, "ssim_y"))
             if log is not None:
                 log(f"density={density:.5g} intensity={intensity:.4g}: {memo[key][0]:.3f} dB / {memo[key][1]:.4f}")
         return memo[key]

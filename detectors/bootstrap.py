@@ -18,6 +18,7 @@ level ``alpha`` when the interval excludes 0.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -90,3 +91,28 @@ def paired_bootstrap_ci(
         b = float(metric_fn(g, [dets_b[i] for i in idx]))
         values.append(b - a)
     return _interval(values, alpha)
+
+
+def recovered_fraction(metric_fn: MetricFn, gts: Sequence, clean: Sequence, rainy: Sequence,
+                       derained: Sequence) -> float:
+    """``(m(derained) - m(rainy)) / (m(clean) - m(rainy))``: the share of the metric lost to rain
+    that deraining gives back (1 = all of it, 0 = none, < 0 = worse than not deraining); NaN when
+    rain cost nothing."""
+    c, r, d = (float(metric_fn(gts, x)) for x in (clean, rainy, derained))
+    return (d - r) / (c - r) if c != r else float("nan")
+
+
+def recovered_fraction_ci(metric_fn: MetricFn, gts: Sequence, clean: Sequence, rainy: Sequence,
+                          derained: Sequence, n: int = 200, seed: int = 0,
+                          alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of :func:`recovered_fraction`, the three detection sets resampled on
+    the same images (resamples where rain cost nothing are left out)."""
+    if not len(gts) == len(clean) == len(rainy) == len(derained):
+        raise ValueError("gts, clean, rainy and derained must cover the same images")
+    values = []
+    for idx in bootstrap_indices(len(gts), n, seed):
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        v = recovered_fraction(metric_fn, pick(gts), pick(clean), pick(rainy), pick(derained))
+        if not math.isnan(v):
+            values.append(v)
+    return _interval(values, alpha) if values else (float("nan"), float("nan"))

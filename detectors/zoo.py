@@ -21,6 +21,7 @@ from datasets.roads import road_scenes
 from detectors.mmdet_det import build_mmdet_detector
 from detectors.torchvision_det import DEFAULT_DETECTOR, build_detector, read_state
 from detectors.train_det import train_detector
+from detectors.yolov5 import DEFAULT_IMG_SIZE, load_yolov5
 from models import provider
 from models.registry import file_identity
 
@@ -52,14 +53,40 @@ def _checkpoint_meta(path: Path) -> dict:
 
 
 
+#: COCO-trained detectors read from their authors' files: name -> (path under the data root,
+#: input size).  They know real cars, so they are the detectors of the real (KITTI) study.
+COCO_DETECTORS = {"yolov5n": ("weights/YOLOv5/yolov5n.pt", DEFAULT_IMG_SIZE)}
+
+
+def coco_detector(name: str, weights: str | Path | None, data_root: Path | None, device: str = "cpu"):
+    """A COCO detector of :data:`COCO_DETECTORS`, its car class only, from ``weights`` or from its
+    file under the data root; ``WeightsUnavailable`` when neither is there."""
+    rel, img_size = COCO_DETECTORS[name]
+    if weights is not None:
+        path, source = Path(weights), "given"
+        if not path.is_file():
+            raise ValueError(f"detector checkpoint {path} does not exist")
+    elif data_root is not None and (Path(data_root) / rel).is_file():
+        path, source = Path(data_root) / rel, "data root"
+    else:
+        raise WeightsUnavailable(f"no {name} weights: expected <data root>/{rel} (pass --data-root or set "
+                                 "RESGUIDE_DATA, or --detector-weights PATH)")
+    detector = load_yolov5(path, img_size=img_size, device=device)
+    identity = {"source": source, **file_identity(path)}
+    if source == "data root":  # named the same on every machine
+        identity["path"] = f"<data root>/{rel}"
+    detector.meta = {"min_size": img_size, "max_size": img_size, "identity": identity}
+    return detector
+
+
 def get_detector(name: str | None = None, weights: str | Path | None = None, profile: str = "quick",
                  data_root: Path | None = None, device: str = "cpu", config: str | Path | None = None):
     """A :class:`detectors.torchvision_det.Detector` with trained weights (see the module doc).
 
     ``detector.meta["identity"]`` describes the weights (path, bytes, sha256, source).
     The resize limits come from the checkpoint's meta (``min_size`` / ``max_size``) when it
-    has them, else from the profile's road-scene size.  ``data_root`` is unused (the
-    detector never trains on real data); it is accepted for symmetry with ``registry.load``.
+    has them, else from the profile's road-scene size.  ``data_root`` is only read for the
+    COCO detectors (:data:`COCO_DETECTORS`), whose weights live under it.
     """
     if config is not None:  # the mmdet back end: a user's config and checkpoint
         if weights is None:
@@ -71,6 +98,8 @@ def get_detector(name: str | None = None, weights: str | Path | None = None, pro
             "config_sha256": file_identity(config)["sha256"]})
         return detector
     name = name or DEFAULT_DETECTOR
+    if name in COCO_DETECTORS:
+        return coco_detector(name, weights, data_root, device)
     profile = detector_profile(profile)
     _, det = detection_profile(profile)
     if weights is not None:

@@ -240,15 +240,16 @@ def train_recipe(profile: str) -> dict:
           description="deep detail network (Fu et al. CVPR 2017); trained here, or the authors' TF weights")
 def build_ddn(weights, profile, data_root):
     net = DDN()
-    if weights == "init":
+    if weights.kind == "init":
         return net, {"tag": "init"}
-
-    if weights is None or weights in provider.RAIN_TAGS:
-        return provider.trained("ddn", weights or "light", profile, lambda: ddn_init_(DDN()), provider.single_output,
+    if weights.trained_here:
+        return provider.trained("ddn", weights.rain or "light", profile, lambda: ddn_init_(DDN()), provider.single_output,
                                 data_root, recipe=train_recipe(profile))
-    if weights == "official":
-        weights = official_weights("ddn", data_root)
-    return net, load_tf_checkpoint(net, weights)
+    if weights.kind == "official":
+        return net, load_tf_checkpoint(net, official_weights("ddn", data_root))
+    if weights.kind != "path":
+        raise ValueError(f"ddn takes init, a rain tag, official or a checkpoint, not {weights}")
+    return net, load_tf_checkpoint(net, weights.path)
 
 
 build_ddn.family = "ddn"  # trained by the suite (`benchmark.run train ddn --rain R`)

@@ -438,15 +438,15 @@ def load_did_mdn_weights(net: DIDMDN, path: str | Path) -> dict:
                       "rain-density classifier and 3/5/7-kernel dense-stream generator; authors' weights")
 def build_did_mdn(weights, profile, data_root):
     net = DIDMDN()
-    if weights == "init":
+    if weights.kind == "init":
         return net, {"tag": "init"}
-    if weights is None or weights == "official":
+    if weights.kind != "path":
         raise WeightsUnavailable(
             "the suite does not train DID-MDN yet; pass --weights PATH to the authors' generator .pth "
             "(and classifier): a folder holding " + ", ".join(AUTHOR_FILES.values())
             + " (hezhangsprinter/DID-MDN), or one file with all three networks' tensors under "
               "generator./classifier./residual_net.")
-    info = load_did_mdn_weights(net, weights)
+    info = load_did_mdn_weights(net, weights.path)
     return net, {"tag": "official", **info}
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from core.errors import WeightsUnavailable
-from core.weights import denoise_tag, parse_denoise_tag
+from core.weights import denoise_tag
 import models.provider as provider
 from models.registry import file_identity, first_mismatch, read_state_dict, register
 
@@ -252,33 +252,32 @@ def _factory(channels: int, example: str):
 
     def factory(weights, profile, data_root):
         net = DnCNN(channels=channels)
-        if weights == "init":
+        if weights.kind == "init":
             return net, {"tag": "init"}
         trained_tags = f"denoise{'-color' if channels == 3 else ''}-sSIGMA"
-        denoise = parse_denoise_tag(weights)
-        if denoise is not None:  # a model the suite trains itself (Table 5)
-            sigma, colour = denoise
+        if weights.kind == "denoise":  # a model the suite trains itself (Table 5)
+            sigma, colour = weights.sigma, weights.colour
             if colour != (channels == 3):
                 other = "dncnn_color" if colour else "dncnn"
                 raise ValueError(f"{family} has {channels} channel(s); weights {weights!r} are for {other} "
                                  f"(use {family} --weights {denoise_tag(sigma, channels == 3)})")
-            return provider.trained(family, weights, profile, lambda: dncnn_init_(DnCNN(channels=channels)),
+            return provider.trained(family, weights.tag, profile, lambda: dncnn_init_(DnCNN(channels=channels)),
                                     provider.single_output, data_root, recipe=train_recipe(profile))
-        if weights in provider.RAIN_TAGS:  # e.g. the detection study's default for a suite-trained method
+        if weights.kind == "rain":  # e.g. the detection study's default for a suite-trained method
             raise WeightsUnavailable(f"{family} is a denoiser: the suite trains it for Gaussian noise "
                                      f"(--weights {trained_tags}), "
                                      f"not for {weights} rain")
-        if weights is None:
+        if weights.kind == "default":
             raise WeightsUnavailable(f"this DnCNN needs the authors' weights: pass --weights PATH to {example}, "
                                      "or --weights official-sSIGMA; or the suite-trained model: "
                                      f"--weights {trained_tags}")
-        if str(weights).startswith("official"):
-            path = _official(weights, channels, data_root)
+        if weights.kind == "official":
+            path = _official(weights.tag, channels, data_root)
             fmt = load_dncnn_weights(net, path)
-            return net, {"tag": weights, **file_identity(path), "format": fmt}
-        path = Path(weights)
+            return net, {"tag": weights.tag, **file_identity(path), "format": fmt}
+        path = weights.path
         if not path.is_file():
-            raise FileNotFoundError(f"DnCNN weights {weights!r}: no such file")
+            raise FileNotFoundError(f"DnCNN weights {str(path)!r}: no such file")
         fmt = load_dncnn_weights(net, path)
         return net, {"tag": "official", **file_identity(path), "format": fmt}
 

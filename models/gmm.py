@@ -348,9 +348,9 @@ def background_prior(profile: str, data_root, patch: int = PATCH, components: in
           description="layer priors (Li et al. CVPR 2016): patch GMMs for background (fitted on the clean "
                       "training images) and rain (fitted on the input), EPLL-style half-quadratic splitting on Y")
 def build_gmm(weights, profile, data_root):
-    if weights not in (None, "none", "init", "gmm"):
-        raise ValueError(f"gmm takes no weights file (got {weights!r})")
-    if weights == "init":
+    if weights.kind not in ("default", "init") and weights.tag not in ("none", "gmm"):
+        raise ValueError(f"gmm takes no weights file (got {weights})")
+    if weights.kind == "init":
         prior, info = background_prior("init", None)
         return GMMDerain(prior), {**info, "tag": "init"}
     prior, info = background_prior(profile, data_root)

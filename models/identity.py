@@ -13,6 +13,6 @@ class Identity(nn.Module):
 
 @register("identity", paper_name="Rainy images", description="returns the rainy input unchanged")
 def build_identity(weights, profile, data_root):
-    if weights not in (None, "none", "init"):
-        raise ValueError(f"identity takes no weights (got {weights!r})")
+    if weights.kind not in ("default", "init") and weights.tag != "none":
+        raise ValueError(f"identity takes no weights (got {weights})")
     return Identity(), {"tag": "none"}

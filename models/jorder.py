@@ -318,16 +318,17 @@ def training_outputs(net: JORDER, rgb: torch.Tensor) -> list[torch.Tensor]:
                       "authors' light-rain Caffe weights")
 def build_jorder(weights, profile, data_root):
     net = JORDER()
-    if weights == "init":
+    if weights.kind == "init":
         return net, {"tag": "init"}
-
-    if weights is None or weights in provider.RAIN_TAGS:
-        return provider.trained("jorder", weights or "light", profile, JORDER, training_outputs, data_root,
+    if weights.trained_here:
+        return provider.trained("jorder", weights.rain or "light", profile, JORDER, training_outputs, data_root,
                                 recipe=train_recipe(profile))
-    tag = "official" if weights == "official" else "path"
-    path = official_weights("jorder", data_root) if weights == "official" else Path(weights)
+    if weights.kind not in ("official", "path"):
+        raise ValueError(f"jorder takes init, a rain tag, official or a checkpoint, not {weights}")
+    tag = weights.kind
+    path = official_weights("jorder", data_root) if weights.kind == "official" else weights.path
     if not path.is_file():
-        raise FileNotFoundError(f"jorder weights {str(weights)!r}: no such file")
+        raise FileNotFoundError(f"jorder weights {str(path)!r}: no such file")
     proto = path.with_name(PROTOTXT)
     if proto.is_file():  # the authors' deploy file beside the weights: it must describe our graph
         check_prototxt(proto)

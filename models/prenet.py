@@ -34,6 +34,7 @@ from models.registry import (
     read_state_dict,
     register,
 )
+from core.weights import parse_weights
 
 OFFICIAL_WEIGHTS = "PReNet/Rain100L/net_latest.pth"  # csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth
 
@@ -105,16 +106,16 @@ def load_prenet_weights(net: PReNet, path: str | Path) -> None:
           description="progressive recurrent network, 6 stages with LSTM (Ren et al. CVPR 2019); authors' weights")
 def build_prenet(weights, profile, data_root):
     net = PReNet()
-    if weights == "init":
+    if weights.kind == "init":
         return net, {"tag": "init"}
-    if weights == "official":
-        weights = official_weights("prenet", data_root)
-    if weights is None:
+    if weights.kind == "official":
+        weights = parse_weights(official_weights("prenet", data_root))
+    if weights.kind != "path":
         raise WeightsUnavailable("prenet needs the authors' weights: pass --weights official (under the data root) "
                                  "or --weights PATH to their "
                                  f"{OFFICIAL_WEIGHTS} (csdwren/PReNet logs/Rain100L/PReNet6/net_latest.pth); "
                                  "the suite does not train PReNet yet")
-    path = Path(weights)
+    path = weights.path
     if not path.is_file():
         raise FileNotFoundError(f"prenet weights {weights!r}: no such file")
     load_prenet_weights(net, path)

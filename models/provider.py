@@ -30,6 +30,7 @@ from torch import nn
 
 from core.errors import WeightsUnavailable
 from core.files import atomic_write_text
+from core.weights import RAIN_TAGS  # noqa: F401  (the tags the suite trains for)
 from core.layout import WEIGHTS_DIR, cache_root
 from core.profiles import get_profile
 from core.store import code_version
@@ -44,8 +45,6 @@ from models.registry import file_identity
 from models.samplers import NoisyPatchSampler, PairedPatchSampler, PatchSampler
 from models.train import TrainConfig, train
 
-#: The rain tags the suite trains derainers for (a ``weights`` value that means "trained here").
-RAIN_TAGS = ("light", "heavy", "ddn")
 #: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
 CACHE_DIR = cache_root() / "weights"
 

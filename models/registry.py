@@ -25,6 +25,7 @@ from torch import nn
 
 from core.errors import UnknownMethod, WeightsUnavailable
 from core.files import read_torch_file
+from core.weights import Weights, parse_weights
 from core.layout import REPO
 
 Factory = Callable[[str | None, str, "Path | None"], tuple[nn.Module, dict]]
@@ -89,18 +90,31 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def load(name: str, weights: str | None = None, profile: str = "quick",
+def load(name: str, weights: str | Weights | None = None, profile: str = "quick",
          data_root: Path | None = None) -> tuple[nn.Module, dict]:
     """Build method ``name`` with ``weights`` (None = its default) for ``profile``; eval mode.
 
-    ``weights="init"`` asks for the bare architecture (parameter counts); ``data_root`` is
+    ``weights`` is parsed once here (:func:`core.weights.parse_weights`) and the factory receives
+    the :class:`core.weights.Weights`.  ``weights="init"`` asks for the bare architecture (parameter counts); ``data_root`` is
     where a method that must be trained first finds its training images.
     """
     spec = get(name)
-    net, info = spec.factory(weights, profile, data_root)
+    net, info = spec.factory(parse_weights(weights), profile, data_root)
     net.eval()
     info = {"tag": "none", **info, "method_version": spec.version}
     return net, info
+
+
+def weights_for_rain(method: str, rain: str) -> str | None:
+    """The weights ``method`` uses on ``rain`` when none are named, decided here only: the
+    suite-trained model of that rain for the methods the suite trains, the authors' checkpoint
+    for those it does not, else the method's own default (None).  ``none`` / ``identity`` (no
+    deraining) take none."""
+    if method in ("none", "identity"):
+        return None
+    if getattr(get(method).factory, "family", None) is not None:
+        return rain if rain in ("light", "heavy") else None
+    return "official" if method in OFFICIAL_WEIGHTS else None
 
 
 def count_parameters(net: nn.Module) -> dict[str, int]:
@@ -159,4 +173,4 @@ def first_mismatch(saved: dict, model: dict) -> str | None:
 
 
 __all__ = ["MethodSpec", "REGISTRY", "register", "get", "names", "load", "count_parameters",
-           "file_identity", "UnknownMethod", "WeightsUnavailable", "official_weights", "first_mismatch"]
+           "file_identity", "weights_for_rain", "UnknownMethod", "WeightsUnavailable", "official_weights", "first_mismatch"]

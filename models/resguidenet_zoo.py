@@ -15,20 +15,20 @@ other value is a path to a weights file saved by ``models.train.save_weights``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from torch import nn
 
 from core.profiles import get_profile
-from core.weights import parse_denoise_tag
 from datasets.training import training_images
 import models.provider as provider
 from models.autoexit import AutoExit, calibrate
 from models.checkpoints import _load, load_weights
-from models.provider import RAIN_TAGS
+
 from models.registry import file_identity, register
 from models.resguidenet import build, param_counts
 from models.samplers import PatchSampler
+from core.errors import WeightsUnavailable
+from core.weights import require_file
 
 
 class Exit(nn.Module):
@@ -82,23 +82,22 @@ def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim:
         def make(channels: int = 3):
             return build(variant, channels=channels)[0]
 
-        denoise = parse_denoise_tag(weights)
-        if weights == "init":
+        if weights.kind == "init":
             net, info = make(), {"tag": "init"}
-        elif weights is None or weights in RAIN_TAGS:
-            net, info = provider.trained(family, weights or "light", profile, make, _outputs, data_root, use_ssim)
-        elif denoise is not None:
+        elif weights.trained_here:
+            net, info = provider.trained(family, weights.rain or "light", profile, make, _outputs, data_root,
+                                         use_ssim)
+        elif weights.kind == "denoise":
             if family not in DENOISE_FAMILIES:
                 raise ValueError(f"{family} is trained for deraining only; denoising weights ({weights}) exist for "
                                  f"{', '.join(DENOISE_FAMILIES)}")
-            channels = 3 if denoise[1] else 1
-            net, info = provider.trained(family, weights, profile, lambda: make(channels), _outputs, data_root,
+            channels = 3 if weights.colour else 1
+            net, info = provider.trained(family, weights.tag, profile, lambda: make(channels), _outputs, data_root,
                                          use_ssim)
+        elif weights.kind == "official":
+            raise WeightsUnavailable(f"{family} has no authors' weights: the paper's code was not released")
         else:
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"weights {weights!r} are neither a tag ({', '.join(RAIN_TAGS)}, "
-                                        "denoise-sSIGMA, denoise-color-sSIGMA) nor a file")
+            path = require_file(weights)
             obj = _load(path)
             # a weights file keeps its training config in "meta", a training checkpoint at the top
             net = make(_channels_of((obj.get("meta") or obj) if isinstance(obj, dict) else None))
@@ -133,14 +132,14 @@ for _name, (_paper, _variant, _ssim, _desc) in ABLATIONS.items():
 
 def _auto(weights, profile, data_root):
     """ResGuideNet with the automatic exit; the threshold is calibrated on training patches."""
-    if parse_denoise_tag(weights) is not None:
+    if weights.kind == "denoise":
         raise ValueError(f"resguidenet_auto calibrates its exit on rainy patches; it has no denoising weights "
                          f"({weights}): use resguidenet")
     full, info = _factory("resguidenet", "resguidenet")(weights, profile, data_root)
     net = full.net
-    if weights == "init":
+    if weights.kind == "init":
         return AutoExit(net, 0.0), {**info, "autoexit": None}
-    tag = weights if weights in RAIN_TAGS else "light"
+    tag = weights.rain or "light"
 
     def make():
         prof = get_profile(profile)
