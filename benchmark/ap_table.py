@@ -124,6 +124,9 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
             continue
         gts, rainy_dets = cell_detections(base_rainy)
         _, clean_dets = cell_detections(base_clean)
+        # the share recovered means something only where rain cost AP beyond the bootstrap noise
+        rain_cost = len(clean_dets) == len(rainy_dets) and interval(base_clean, base_rainy, gts, clean_dets,
+                                                                    rainy_dets)[1] < 0
         header = ["Frames", "Derainer weights", "AP40 mod. [95% CI]", "AP11 mod.", "COCO AP", "COCO AP50 [95% CI]",
                   "Gain AP40 mod. vs rainy [paired 95% CI]", "Share of the rain's loss recovered [paired 95% CI]"]
         body, notes, left_out = [], [], []
@@ -141,7 +144,7 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
                     gain = m["ap40_moderate"] - base_rainy["metrics"]["ap40_moderate"]
                     glo, ghi = interval(base_rainy, cell, gts, rainy_dets, dets)
                     beyond = "yes" if (glo > 0 or ghi < 0) else "no"
-                    if len(clean_dets) == len(dets):
+                    if rain_cost and len(clean_dets) == len(dets):
                         rec = recovered_fraction(_ap40m, gts, clean_dets, rainy_dets, dets)
                         rlo, rhi = recovered_interval(base_clean, base_rainy, cell, gts, clean_dets, rainy_dets, dets)
                     notes.append(f"{_row_name(row)}: gain {gain:+.3f} AP40-moderate, paired interval "
@@ -166,7 +169,8 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
                 f"sha256 {str(dw.get('sha256'))[:12]}), {trained}; "
                 f"data {dataset}: {base_rainy['n_images']} frames, {base_rainy['n_objects']} Car labels "
                 f"({base_rainy['dataset_info'].get('source')}); rain: datasets.rain '{rain}' preset seeded per "
-                f"frame; intervals: percentile bootstrap over frames, {det_prof['n_boot']} replicates. "
+                f"frame; intervals: percentile bootstrap over frames, {det_prof['n_boot']} replicates; share recovered: "
+                f"(AP derained - AP rainy) / (AP clean - AP rainy), shown where rain cost AP beyond the noise. "
                 + ("; ".join(notes) + "." if notes else "No derained row to compare."))
         if left_out:
             note += " Not shown: " + "; ".join(left_out) + "."

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmark.cells import run_cell
 from benchmark.detection import detect_cell
-from benchmark.tables import TABLES
+from benchmark.artifacts import ARTIFACTS, Job
 from core.files import atomic_write_text
 from core.profiles import get_profile
 from core.store import Context, Store
@@ -44,10 +44,10 @@ def compute_smoke(data_root, progress: bool = True, methods=None, detection: boo
     With ``detection``, also the detection cells of :data:`DETECTION_ROWS` (AP metrics; a
     missing detector or dataset makes them skipped, i.e. not checked)."""
     registered = set(methods or registry.names())
-    keys = []
-    for spec in TABLES.values():
-        keys += [k for k in spec.keys() if k.method in registered and k not in keys]
     with tempfile.TemporaryDirectory(prefix="resguide-check-") as tmp:
+        job = Job(get_profile("smoke"), data_root_from(data_root), Path(tmp))
+        keys = list(dict.fromkeys(k for art in ARTIFACTS.values() if art.kind == "table" for k in art.cells(job)
+                                  if k.method in registered))
         ctx = Context(profile=get_profile("smoke"), data_root=data_root_from(data_root), store=Store(Path(tmp)),
                       force=True, progress=progress)
         with training_allowed(False):  # only shipped weights are checked: a model missing here is skipped

@@ -24,199 +24,52 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark import figures, table4
-from benchmark.ap_table import ap_table
-from benchmark.cells import run_cell
+from benchmark import artifacts
+from benchmark.artifacts import ARTIFACTS, Job, get_artifact
 from benchmark.check import run_check
-from benchmark.detection import ap_cells, ap_dry_run, contract, detect_cell
+from benchmark.detection import contract, detect_cell
 from benchmark.evaluate import evaluate
-from benchmark.figures import FIGURES, absent_data
-from benchmark.report import write_report
 from benchmark.runtime import measure, prepare_cpu
-from benchmark.tables import TABLES, get_table, write_table
-from benchmark.visual import VISUALS, draw_visual
-from core.errors import WeightsUnavailable
-from core.files import check_writable
-from core.layout import RESULTS, cells_dir, output_dir, report_path
+from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
-from core.store import Context, Store
 from core.weights import denoise_tag
 from datasets.catalog import EMBEDDED, data_root_from, open_dataset
 from datasets.names import REGISTERED
 from datasets.noisy import refuse_seen_test_set
 from detectors.zoo import train_detector_cmd
 from models import provider, registry
-from models.provider import training_allowed
 from models.tiling import Tiled
 from core.weights import RAIN_TAGS
 
 
-def table_ids() -> tuple[str, ...]:
-    """Every id `table` takes: the table specs, Table 4 (timings) and the detection AP table."""
-    return (*TABLES, "table4", "ap")
-
-
-def parameter_counts(methods) -> dict:
-    out = {}
-    for m in methods:
-        if m in registry.names():
-            net, _ = registry.load(m, "init")
-            out[m] = registry.count_parameters(net)
-    return out
-
-
-def render_outputs(specs, table4_wanted: bool, figs, store: Store, results: Path, profile, data_root,
-                   registered: set[str], force: bool = False, measure: bool = True, report_figures=None,
-                   ap_wanted: bool = False) -> None:
-    """Tables, figures and (with ``report_figures``, the figure ids it shows) the report, from the
-    stored cells; ``measure=False`` times nothing either.  ``ap_wanted``: also the detection
-    study's AP table and its figure, from its stored cells (:func:`detectors.study.ap_table`)."""
-    cells = store.all()
-    tdir = output_dir(results, "tables", profile.name)
-    fdir = output_dir(results, "figures", profile.name)
-    for spec in specs:
-        params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
-        for p in write_table(spec, cells, registered, tdir, params):
-            print(f"wrote {p}")
-    if table4_wanted:
-        cpu = table4.cpu_records(store.root, profile.runtime_size, profile.runtime_repeats, registered, force,
-                                 measure_missing=measure, compiled=profile.runtime_compile)
-        for p in table4.write(tdir, cpu, table4.gpu_records(size=profile.runtime_size), registered,
-                              profile.runtime_size):
-            print(f"wrote {p}")
-    for fig in figs:
-        runtimes = figures.timings(fig, store.root, force) if fig.kind == "compute" else None
-        print(f"wrote {figures.draw(fig, cells, data_root, fdir, runtimes)}")
-    if ap_wanted:
-        for p in ap_table(profile.name, data_root, results=results, compute=False):
-            print(f"wrote {p}")
-    if report_figures is not None:
-        ids = [s.id for s in specs] + (["table4"] if table4_wanted else []) + (["ap"] if ap_wanted else [])
-        report_figures = list(report_figures) + (["ap_runtime"] if ap_wanted else [])
-        path = write_report(report_path(results, profile.name), profile.name, tdir, fdir, ids, report_figures)
-        print(f"wrote {path}")
-
-
-def cmd_render(profile_name: str, results: Path, check: bool) -> int:
+def cmd_render(job: Job, check: bool) -> int:
     """Re-render every table and the report from the stored cells and timing records, computing
     nothing; with ``check``, exit 1 if any of those files changed (the committed ones are stale)."""
-    profile = get_profile(profile_name)
-    tdir = output_dir(results, "tables", profile.name)
+    tdir = job.tables_dir
 
     def watched() -> list[Path]:
-        return sorted([*tdir.glob("*.md"), *tdir.glob("*.csv"), *tdir.glob("*.tex"), report_path(results, profile.name)])
+        return sorted([*tdir.glob("*.md"), *tdir.glob("*.csv"), *tdir.glob("*.tex"),
+                       report_path(job.results, job.profile.name)])
 
     before = {p: p.read_bytes() for p in watched() if p.exists()}
-    render_outputs([get_table(t) for t in TABLES], True, [], Store(cells_dir(results, profile.name)), results,
-                   profile, None, set(registry.names()), measure=False, report_figures=[*FIGURES, *VISUALS],
-                   ap_wanted=True)
+    artifacts.render([ARTIFACTS[i] for i in artifacts.ids_of("table", "report")], job)
     changed = [p for p in watched() if p.exists() and before.get(p) != p.read_bytes()]
     for p in changed:
         print(f"{'stale' if check else 'updated'}: {p}")
     if check and changed:
         print(f"error: {len(changed)} rendered file(s) differ from what the stored cells give; run "
-              f"`python -m benchmark.run render --profile {profile.name}` and commit them", file=sys.stderr)
+              f"`python -m benchmark.run render --profile {job.profile.name}` and commit them", file=sys.stderr)
         return 1
     print(f"{len(watched())} files checked, {len(changed)} changed")
     return 0
 
 
-def run_tables(table_ids, profile_name: str, data_root_arg, force: bool = False, dry_run: bool = False,
-               results: Path = RESULTS, progress: bool = True, figure_ids=(), train_missing: bool = False,
-               visual_ids=()) -> int:
-    """Compute the cells of the given tables and figures (each shared cell once), draw the picture
-    figures ``visual_ids`` (:mod:`benchmark.visual`), then render them."""
-    from tqdm import tqdm
-
-    profile = get_profile(profile_name)
-    data_root = data_root_from(data_root_arg)
-    ap_wanted = "ap" in table_ids  # the detection study's AP table (detectors.study): its own cells
-    if ap_wanted:
-        table_ids = [t for t in table_ids if t != "ap"]
-    specs = [get_table(t) for t in table_ids if t != "table4"]  # Table 4 times methods; it has no cells
-    fdir = output_dir(results, "figures", profile.name)
-    every_figure = [*figure_ids, *visual_ids]  # the report shows kept figures too
-    figure_ids, visual_ids = (keep_figures(ids, data_root, fdir) for ids in (figure_ids, visual_ids))
-    figs = [figures.get_figure(f) for f in figure_ids]
-    registered = set(registry.names())
-    wanted = [k for spec in specs for k in spec.keys()] + [k for f in figs for k in figures.keys(f, data_root)]
-    keys = list(dict.fromkeys(k for k in wanted if k.method in registered))
-    store = Store(cells_dir(results, profile.name))
-    print(f"profile {profile.name}; data root {data_root or '(none: embedded default only)'}; "
-          f"{len(keys)} cells -> {store.root}")
-    if dry_run:
-        for k in keys:
-            old = store.load(k)
-            state = f"stored ({old.get('status')})" if old else "missing"
-            print(f"  {k.id}: {state}")
-        if ap_wanted:
-            print("\n".join(ap_dry_run(profile.name, results)))
-        return 0
-    check_writable(store.root, output_dir(results, "tables", profile.name), fdir)
-    ctx = Context(profile=profile, data_root=data_root, store=store, force=force, progress=progress)
-
-    with training_allowed(train_missing):  # weights that were never trained are skipped unless asked
-        for key in tqdm(keys, desc="cells", unit="cell", disable=not progress):
-            run_cell(key, ctx)
-    s = ctx.stats
-    if ap_wanted:  # the detection cells, before rendering so that the report shows them
-        ap_cells(profile.name, data_root, results=results, force=force, progress=progress,
-                 train_missing=train_missing, stats=s)
-    with training_allowed(train_missing):
-        bad_pictures = draw_pictures(visual_ids, profile, data_root, fdir)
-    whole_job = bool(every_figure) and "table4" in table_ids and len(specs) == len(TABLES)
-    render_outputs(specs, "table4" in table_ids, figs, store, results, profile, data_root, registered, force,
-                   report_figures=every_figure if whole_job else None,
-                   ap_wanted=ap_wanted)
-    print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (an input is absent here), "
-          f"{s['skipped']} skipped (no data or no weights), {s['failed']} failed")
-    return 1 if s["failed"] or bad_pictures else 0
-
-
-def keep_figures(fig_ids, data_root, fig_dir: Path) -> list[str]:
-    """The figures of ``fig_ids`` to draw now: a stored figure drawn on data that is absent here
-    is kept as it is (:func:`benchmark.figures.absent_data`) and left out."""
-    out = []
-    for fid in fig_ids:
-        missing = absent_data(fid, data_root, fig_dir)
-        if missing:
-            print(f"kept figure {fid}: drawn on {', '.join(missing)}, which is not under the data root here")
-        else:
-            out.append(fid)
-    return out
-
-
-def draw_pictures(visual_ids, profile, data_root, out_dir: Path) -> int:
-    """Draw each picture figure; one that fails is reported and the others are drawn.  Returns
-    how many failed (a figure with a failed panel counts)."""
-    bad = 0
-    for fid in visual_ids:
-        try:
-            rec = draw_visual(fid, profile, data_root, out_dir)
-        except WeightsUnavailable as exc:  # like a cell without weights: skipped, not failed
-            print(f"skipped figure {fid}: {exc}")
-            continue
-        except Exception as exc:  # noqa: BLE001 - one figure's failure costs no other work
-            print(f"error: figure {fid} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            bad += 1
-            continue
-        print(f"wrote {out_dir / (fid + '.png')} ({rec['skipped_panels']} panels skipped, "
-              f"{rec['failed_panels']} failed)")
-        bad += bool(rec["failed_panels"])
-    return bad
-
-
 def cmd_list() -> int:
-    print("tables:")
-    for t in TABLES.values():
-        print(f"  {t.id}: {t.title}")
-    print("  table4: running time per image (Table 4), CPU measured here, GPU from results/runtime/")
-    print("  ap: car AP of a detector on clean / rainy / derained frames (section 5.2; `table ap`)")
-    print("figures:")
-    for f in FIGURES.values():
-        print(f"  {f.id}: {f.title}")
-    for f in VISUALS.values():
-        print(f"  {f.id}: {f.title} (pictures)")
+    for title, kinds in (("tables", ("table",)), ("figures", ("figure", "picture"))):
+        print(f"{title}:")
+        for art in ARTIFACTS.values():
+            if art.kind in kinds:
+                print(f"  {art.id}: {art.title}" + (" (pictures)" if art.kind == "picture" else ""))
     print("methods:")
     for m in registry.names():
         spec = registry.get(m)
@@ -258,7 +111,7 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
 
 
 def cmd_params(method: str) -> int:
-    counts = parameter_counts([method])
+    counts = artifacts.parameter_counts([method])
     if method not in counts:
         registry.get(method)  # raises with the list of registered names
     print(json.dumps({"method": method, **counts[method]}))
@@ -361,12 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     batch(p)
     p = sub.add_parser("table", help="compute one table")
-    p.add_argument("table_id", metavar="ID", help=", ".join(table_ids()))
+    p.add_argument("table_id", metavar="ID", help=", ".join(artifacts.ids_of("table")))
     common(p)
     batch(p)
     p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
-    p.add_argument("figure_id", metavar="ID", help="fig4, fig6, fig8, fig9, compute; pictures: fig3, fig5, fig7, "
-                                                   "fig10, fig12")
+    p.add_argument("figure_id", metavar="ID", help=", ".join(artifacts.ids_of("figure", "picture")))
     common(p)
     batch(p)
     sub.add_parser("list", help="tables, figures, methods, datasets, profiles")
@@ -485,21 +337,16 @@ def main(argv=None) -> int:
 
     prepare_cpu()
     try:
-        if args.command == "all":
-            return run_tables([*TABLES, "table4", "ap"], args.profile, args.data_root, args.force, args.dry_run,
-                              args.results, args.progress, figure_ids=list(FIGURES), train_missing=args.train_missing,
-                              visual_ids=[] if args.dry_run else list(VISUALS))
-        if args.command == "figure":
-            picture = args.figure_id in VISUALS
-            return run_tables([], args.profile, args.data_root, args.force, args.dry_run, args.results,
-                              args.progress, figure_ids=[] if picture else [args.figure_id],
-                              train_missing=args.train_missing,
-                              visual_ids=[args.figure_id] if picture and not args.dry_run else [])
-        if args.command == "table":
-            if args.table_id.lower() not in table_ids():
-                raise ValueError(f"unknown table {args.table_id!r}; choose one of {', '.join(table_ids())}")
-            return run_tables([args.table_id], args.profile, args.data_root, args.force, args.dry_run,
-                              args.results, args.progress, train_missing=args.train_missing)
+        if args.command in ("all", "table", "figure"):
+            if args.command == "all":
+                ids = list(ARTIFACTS)
+            elif args.command == "table":
+                ids = [get_artifact(args.table_id, "table").id]
+            else:
+                ids = [get_artifact(args.figure_id, "figure", "picture").id]
+            job = Job(get_profile(args.profile), data_root_from(args.data_root), args.results, args.force,
+                      args.progress, args.train_missing)
+            return artifacts.dry_run([ARTIFACTS[i] for i in ids], job) if args.dry_run else artifacts.run(ids, job)
         if args.command == "list":
             return cmd_list()
         if args.command == "score":
@@ -511,7 +358,7 @@ def main(argv=None) -> int:
             return cmd_train(args.method, args.rain, args.profile, args.data_root, args.ship, args.progress,
                              args.device, args.workers, args.max_seconds, args.sigma, args.colour)
         if args.command == "render":
-            return cmd_render(args.profile, args.results, args.check)
+            return cmd_render(Job(get_profile(args.profile), None, args.results, measure=False), args.check)
         if args.command == "runtime":
             print(json.dumps(measure(args.method, args.size, args.device, args.dtype, args.batch, args.repeats,
                                      args.warmup, channels_last=args.channels_last, compile=args.compile)))

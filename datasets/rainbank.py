@@ -40,8 +40,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage, optimize
 
-from datasets.rain import RainParams, add_rain, real_rain_params
+from core import metrics
+from datasets.rain import HEAVY_REAL_FIT, RainParams, add_rain, real_rain_params, resolve
 from datasets.rainstats import layer_stats, rain_layer, summarise
+from datasets.training import deraining_backgrounds
 
 __all__ = [
     "PAIRS_SUBDIR",
@@ -273,8 +275,9 @@ def add_bank_rain(
 
     clean: uint8 HxWx3 (or float in [0, 1]; an HxW grey image gives HxW), as
         :func:`datasets.rain.add_rain`.
-    seed:  everything random comes from ``np.random.default_rng(seed)``, drawn in this order: the
-        layer (uniform over the bank), a zoom factor uniform in ``scale``, a horizontal flip
+    seed:  everything random comes from ``np.random.default_rng(seed)``, drawn in this order: a
+        zoom factor uniform in ``scale``, the layer (uniform over the layers that cover the image at
+        that zoom, or else over those that need the least zoom to cover it), a horizontal flip
         (p = 1/2), an intensity gain uniform in ``gain``, then crop positions (uniform): up to
         ``tries`` of them, keeping the first whose share of measured (not filled, see
         :func:`extract_layer`) pixels is at least ``min_valid``, else the best one.  Bit-exact
@@ -282,9 +285,8 @@ def add_bank_rain(
 
     The crop of ``H / zoom`` x ``W / zoom`` layer pixels is resampled bilinearly to the image
     size (after a Gaussian prefilter when shrinking).  The zoom is raised where needed so that
-    the zoomed layer covers the image (e.g. to 1.5 to put a 321 px side of a layer under a 481 px
-    side of the image; a 128 x 128 patch never needs it).  The layer, times the gain, is added
-    to every channel:
+    the zoomed layer covers the image (a whole 481 x 321 image needs at least 1; a 128 x 128
+    patch never needs it).  The layer, times the gain, is added to every channel:
     ``O = min(B + g S, 1)``, rounded to uint8 like ``add_rain``.
     """
     if len(bank) == 0:
@@ -296,27 +298,32 @@ def add_bank_rain(
         raise ValueError(f"expected HxWx3 or HxW, got shape {img.shape}")
     h, w = img.shape[:2]
     rng = np.random.default_rng(seed)
-    k = int(rng.integers(len(bank)))
     zoom = float(rng.uniform(*scale))
+    # the zoom each layer needs to cover the image; layers that need more than the drawn zoom
+    # (and more than the least any layer needs) are left out, e.g. landscape layers under a
+    # portrait image: so a 128 x 128 patch may get any layer, a whole image one of its orientation
+    need = np.array([max(h / s.shape[0], w / s.shape[1]) for s in bank.layers])
+    eligible = np.flatnonzero(need <= max(zoom, float(need.min())))
+    k = int(eligible[rng.integers(len(eligible))])
     flip = bool(rng.random() < 0.5)
     g = float(rng.uniform(*gain))
     layer = bank.layers[k]
     h0, w0 = layer.shape
-    zoom = max(zoom, h / h0, w / w0)  # the zoomed layer covers the image: no seams
+    zoom = max(zoom, float(need[k]))  # the zoomed layer covers the image: no seams
     # the crop, in layer pixels: output pixel i samples layer row r0 + (i + 0.5) / zoom - 0.5
     span_r, span_c = min(h / zoom, h0), min(w / zoom, w0)
     best = (-1.0, 0.0, 0.0)
     for _ in range(max(1, tries)):
         r0 = float(rng.uniform(0.0, h0 - span_r))
         c0 = float(rng.uniform(0.0, w0 - span_c))
-        share = bank.valid_share(k, int(r0), int(c0), int(math.ceil(r0 + span_r)), int(math.ceil(c0 + span_c)))
+        share = bank.valid_share(k, int(r0), int(c0), math.ceil(r0 + span_r), math.ceil(c0 + span_c))
         if share > best[0]:
             best = (share, r0, c0)
         if share >= min_valid:
             break
     _, r0, c0 = best
-    lo_r, lo_c = int(math.floor(r0)), int(math.floor(c0))
-    n_r, n_c = int(math.ceil(r0 + span_r)) + 2 - lo_r, int(math.ceil(c0 + span_c)) + 2 - lo_c
+    lo_r, lo_c = math.floor(r0), math.floor(c0)
+    n_r, n_c = math.ceil(r0 + span_r) + 2 - lo_r, math.ceil(c0 + span_c) + 2 - lo_c
     rows_idx = np.minimum(np.arange(lo_r, lo_r + n_r), h0 - 1)
     cols_idx = np.minimum(np.arange(lo_c, lo_c + n_c), w0 - 1)
     crop = np.asarray(layer, dtype=np.float64)[np.ix_(rows_idx, cols_idx)]
@@ -345,8 +352,6 @@ def add_bank_rain(
 def rainy_input_score(rainy: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
     """``(psnr_y, ssim_y)`` of a rainy image against its clean one, as the suite reports them
     (``core.metrics``: uint8 rounding, MATLAB Y channel, PSNR peak 1, Wang et al.'s SSIM)."""
-    from core import metrics
-
     y_o = metrics.rgb2y(metrics.to_uint8(rainy))
     y_b = metrics.rgb2y(metrics.to_uint8(clean))
     return metrics.psnr(y_o, y_b), metrics.ssim(y_o * 255.0, y_b * 255.0)
@@ -363,8 +368,6 @@ def _renderer(rain: str | RainParams | Render) -> Render:
 
 def _blend_of(rain) -> str:
     if isinstance(rain, (str, RainParams)):
-        from datasets.rain import resolve
-
         return resolve(rain).blend
     return "additive"
 
@@ -414,22 +417,9 @@ def real_stats(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], score: bool 
 
 
 def training_backgrounds(data_root: str | Path, every: int = 1) -> list[tuple[str, np.ndarray]]:
-    """The clean deraining training backgrounds: BSDS500 train + val (sorted, train first) minus
-    the Rain100 test backgrounds named in ``BSDS500/rain100-backgrounds.txt`` (234 images), every
-    ``every``-th of them, as ``[(split/name, uint8 HxWx3)]``.  Nothing else is read."""
-    bsds = Path(data_root) / "BSDS500"
-    listing = bsds / "rain100-backgrounds.txt"
-    if not (bsds / "train").is_dir() or not (bsds / "val").is_dir():
-        raise FileNotFoundError(f"no BSDS500 train/val folders in {bsds}")
-    if not listing.is_file():
-        raise FileNotFoundError(f"{listing} is missing: the Rain100 test backgrounds cannot be excluded")
-    excluded = set()
-    for line in listing.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            excluded.add(Path(line.replace("\\", "/")).stem)
-    files = [f for split in ("train", "val") for f in sorted((bsds / split).iterdir())
-             if f.suffix.lower() in (".jpg", ".jpeg") and f.is_file() and f.stem not in excluded]
+    """The clean deraining training backgrounds (:func:`datasets.training.deraining_backgrounds`),
+    every ``every``-th of them, as ``[(split/name, uint8 HxWx3)]``.  Nothing else is read."""
+    files, _ = deraining_backgrounds(Path(data_root))
     return [(f"{f.parent.name}/{f.name}", _read_rgb(f)) for f in files[::every]]
 
 
@@ -607,8 +597,6 @@ def calibrate_light_real(
     target; otherwise the shape's intensity is kept and only PSNR is matched.  Returns
     ``{"density", "intensity", "psnr_y", "ssim_y"}``.
     """
-    from datasets.rain import HEAVY_REAL_FIT
-
     base = dict(HEAVY_REAL_FIT if shape is None else shape)
     base.update(fan=0.0, haze=0.0)
     images = [img for _, img in training_backgrounds(data_root, every=every)]
@@ -628,14 +616,17 @@ def calibrate_light_real(
         return memo[key]
 
     def density_for(intensity: float) -> float:
-        f = lambda logd: score(math.exp(logd), intensity)[0] - target[0]  # noqa: E731
-        lo, hi = math.log(1e-5), math.log(0.05)
-        return math.exp(optimize.brentq(f, lo, hi, xtol=2e-3))
+        def psnr_gap(log_density: float) -> float:
+            return score(math.exp(log_density), intensity)[0] - target[0]
+
+        return math.exp(optimize.brentq(psnr_gap, math.log(1e-5), math.log(0.05), xtol=2e-3))
+
+    def ssim_gap(intensity: float) -> float:
+        return score(density_for(intensity), intensity)[1] - target[1]
 
     intensity = float(base["intensity"])
     if fit_intensity:
-        g = lambda inten: score(density_for(inten), inten)[1] - target[1]  # noqa: E731
-        intensity = optimize.brentq(g, 0.1, 1.0, xtol=2e-3)
+        intensity = optimize.brentq(ssim_gap, 0.1, 1.0, xtol=2e-3)
     density = density_for(intensity)
     p, s = score(density, intensity)
     return {"density": density, "intensity": intensity, "psnr_y": p, "ssim_y": s}

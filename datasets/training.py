@@ -61,6 +61,24 @@ def _excluded_ids(listing: Path) -> set[str]:
 
 
 
+def deraining_backgrounds(data_root: Path) -> tuple[list[Path], int]:
+    """The clean deraining training backgrounds under ``data_root``: the BSDS500 train + val JPEGs
+    (sorted, train first) minus every image named in ``BSDS500/rain100-backgrounds.txt`` (the
+    Rain100 test backgrounds); returns the files and how many were left out."""
+    bsds = Path(data_root) / "BSDS500"
+    if not (bsds / "train").is_dir() or not (bsds / "val").is_dir():
+        raise FileNotFoundError(f"no BSDS500 train/val folders in {bsds}")
+    listing = bsds / _BACKGROUNDS
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing} is missing: without it the Rain100 test backgrounds cannot be "
+                                "excluded from training")
+    excluded = _excluded_ids(listing)
+    files = [f for split in ("train", "val") for f in sorted((bsds / split).iterdir())
+             if f.suffix.lower() in _JPEG and f.is_file()]
+    kept = [f for f in files if f.stem not in excluded]
+    return kept, len(files) - len(kept)
+
+
 def training_images(data_root: Path | None, size: int | None = None) -> tuple[list[np.ndarray], str]:
     """Clean training images (uint8 HxWx3) and a description of where they came from.
 
@@ -74,23 +92,8 @@ def training_images(data_root: Path | None, size: int | None = None) -> tuple[li
         root = Path(data_root)
         bsds = root / "BSDS500"
         if (bsds / "train").is_dir() and (bsds / "val").is_dir():
-            listing = bsds / _BACKGROUNDS
-            if not listing.is_file():
-                raise FileNotFoundError(
-                    f"{listing} is missing: without it the Rain100 test backgrounds cannot be "
-                    "excluded from training"
-                )
-            excluded = _excluded_ids(listing)
-            images: list[np.ndarray] = []
-            dropped = 0
-            for split in ("train", "val"):
-                for f in sorted((bsds / split).iterdir()):
-                    if f.suffix.lower() not in _JPEG or not f.is_file():
-                        continue
-                    if f.stem in excluded:
-                        dropped += 1
-                        continue
-                    images.append(_read_rgb(f))
+            files, dropped = deraining_backgrounds(root)
+            images: list[np.ndarray] = [_read_rgb(f) for f in files]
             n_bsds = len(images)
             desc = f"BSDS500 train+val minus {dropped} Rain100 backgrounds ({n_bsds} images)"
             kodak = root / "train" / "Kodak24"

@@ -10,6 +10,7 @@ from models import registry
 from models.ddn import DDN, PAPER_PARAMS, build_ddn, guided_filter, tf_names
 from models.tf_checkpoint import masked_crc32c, read_checkpoint, read_entries, snappy_decompress
 from core.errors import WeightsUnavailable
+from core.weights import parse_weights
 
 # --------------------------------------------------------------------------- a tiny checkpoint writer
 
@@ -194,7 +195,7 @@ def test_missing_weights_name_the_train_command_or_the_checkpoint(no_weights):
     with pytest.raises(WeightsUnavailable, match="data root"):
         registry.load("ddn", "official")
     with pytest.raises(FileNotFoundError):
-        build_ddn("/nonexistent/model", "quick", None)
+        build_ddn(parse_weights("/nonexistent/model"), "quick", None)
 
 
 # --------------------------------------------------------------------------- training here
@@ -317,5 +318,5 @@ def test_real_checkpoint_fits(data_root):
     assert sum(v.size for v in tensors.values()) == PAPER_PARAMS
     net = DDN()
     assert set(tensors) == {t for t, _k, _s in tf_names(net)}
-    net, info = build_ddn(str(prefix), "quick", data_root)
+    net, info = build_ddn(parse_weights(str(prefix)), "quick", data_root)
     assert info["tag"] == "official" and info["bytes"] == 4 * PAPER_PARAMS

@@ -5,13 +5,14 @@ import torch
 import models.did_mdn as did
 from core.errors import WeightsUnavailable
 from models.registry import count_parameters
+from core.weights import parse_weights
 
 
 @pytest.fixture(scope="module")
 def net():
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    built, info = did.build_did_mdn("init", "smoke", None)
+    built, info = did.build_did_mdn(parse_weights("init"), "smoke", None)
     assert info == {"tag": "init"}
     return built.eval()
 
@@ -76,7 +77,7 @@ def test_parameter_counts(net):
 
 def test_no_weights_asks_for_the_file():
     with pytest.raises(WeightsUnavailable, match="--weights PATH.*generator"):
-        did.build_did_mdn(None, "smoke", None)
+        did.build_did_mdn(parse_weights(None), "smoke", None)
 
 
 def _authors_folder(tmp_path, gen_state):
@@ -95,7 +96,7 @@ def test_wrong_shape_names_the_tensor(tmp_path):
     _authors_folder(tmp_path, state)
     with pytest.raises(ValueError, match=r"dense1\.dense_block2\.conv2\.weight: checkpoint \(16, 64, 3, 3\) "
                                          r"vs model \(16, 64, 5, 5\)"):
-        did.build_did_mdn(str(tmp_path), "smoke", None)
+        did.build_did_mdn(parse_weights(str(tmp_path)), "smoke", None)
 
 
 def test_authors_generator_state_loads_by_name():

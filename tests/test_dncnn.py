@@ -8,6 +8,7 @@ import torch
 from models.dncnn import BN_EPS, DnCNN, load_dncnn_mat, matlab_filters_to_torch
 from models.registry import REGISTRY, count_parameters
 from core.errors import WeightsUnavailable
+from core.weights import parse_weights
 
 h5py = pytest.importorskip("h5py")
 
@@ -50,7 +51,7 @@ def test_grayscale_model_on_rgb_batch_works_per_channel():
 
 
 def test_parameter_counts():
-    net, _ = _factory("dncnn")("init", "smoke", None)
+    net, _ = _factory("dncnn")(parse_weights("init"), "smoke", None)
     c = count_parameters(net)
     conv = 64 * 9 + 64 + 15 * (64 * 64 * 9 + 64) + 64 * 9 + 1
     assert c["trainable"] == conv + 15 * 128
@@ -59,14 +60,14 @@ def test_parameter_counts():
 
 def test_no_weights_asks_for_the_file():
     with pytest.raises(WeightsUnavailable, match=r"--weights PATH.*sigma=25\.mat"):
-        _factory("dncnn")(None, "smoke", None)
+        _factory("dncnn")(parse_weights(None), "smoke", None)
 
 
 def test_state_dict_round_trip(tmp_path):
     ref = _random(DnCNN(1))
     path = tmp_path / "dncnn.pth"
     torch.save(ref.state_dict(), path)
-    net, info = _factory("dncnn")(str(path), "smoke", None)
+    net, info = _factory("dncnn")(parse_weights(str(path)), "smoke", None)
     assert info["tag"] == "official" and info["format"] == "state_dict" and len(info["sha256"]) == 64
     x = torch.rand(1, 1, 8, 8)
     with torch.no_grad():
@@ -79,14 +80,14 @@ def test_wrong_shape_names_the_tensor(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"bad\.pth.*body\.9\.running_var"):
-        _factory("dncnn")(str(path), "smoke", None)
+        _factory("dncnn")(parse_weights(str(path)), "smoke", None)
 
 
 def test_grayscale_weights_do_not_fit_the_colour_model(tmp_path):
     path = tmp_path / "gray.pth"
     torch.save(DnCNN(1).state_dict(), path)
     with pytest.raises(ValueError, match=r"gray\.pth.*head\.weight"):
-        _factory("dncnn_color")(str(path), "smoke", None)
+        _factory("dncnn_color")(parse_weights(str(path)), "smoke", None)
 
 
 # --------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def test_mat_importer_on_synthetic_v73_file(tmp_path):
 
     # the architecture-sized model rejects the tiny file, naming the first differing tensor
     with pytest.raises(ValueError, match=r"tiny\.mat.*head\.weight"):
-        _factory("dncnn")(str(path), "smoke", None)
+        _factory("dncnn")(parse_weights(str(path)), "smoke", None)
 
 
 # --------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def _mats(data_root: Path):
 
 def test_authors_mat_files_fit(data_root):
     for path in _mats(data_root):
-        net, info = _factory("dncnn")(str(path), "smoke", None)
+        net, info = _factory("dncnn")(parse_weights(str(path)), "smoke", None)
         assert info["format"] == "matconvnet"
         state = load_dncnn_mat(path)
         assert set(state) == set(net.state_dict())
@@ -210,7 +211,7 @@ def test_authors_sigma25_denoises(data_root):
     images = sorted((data_root / "BSD68").glob("*.png"))
     if not path.is_file() or not images:
         pytest.skip("sigma=25.mat or BSD68 is absent")
-    net, _ = _factory("dncnn")(str(path), "smoke", None)
+    net, _ = _factory("dncnn")(parse_weights(str(path)), "smoke", None)
     clean = np.asarray(Image.open(images[0]).convert("L"), np.float64)[:64, :64] / 255.0
     noisy = clean + 25 / 255.0 * np.random.default_rng(0).standard_normal(clean.shape)
     with torch.no_grad():

@@ -69,7 +69,7 @@ def test_detection_cell_without_its_detector_keeps_the_stored_cell(tmp_path, no_
 
 
 def test_figure_drawn_on_absent_data_is_kept(tmp_path, monkeypatch, capsys):
-    from benchmark import run
+    from benchmark import artifacts
     from benchmark.figures import absent_data
 
     monkeypatch.delenv("RESGUIDE_DATA", raising=False)
@@ -81,8 +81,7 @@ def test_figure_drawn_on_absent_data_is_kept(tmp_path, monkeypatch, capsys):
     assert absent_data("fig4", None, figs) == ["Rain100L"]
     assert absent_data("fig10", None, figs) == ["Rain100L"]
     assert absent_data("fig5", None, figs) == [] and absent_data("fig6", None, figs) == []
-    monkeypatch.setattr(run, "run_cell", lambda *a: pytest.fail("a kept figure's cells were computed"))
-    monkeypatch.setattr(run, "output_dir", lambda results, kind, profile: tmp_path / kind)
+    monkeypatch.setattr(artifacts, "run_cell", lambda *a: pytest.fail("a kept figure's cells were computed"))
     before = (figs / "fig4.csv").read_bytes()
     assert main(["figure", "fig4", "--results", str(tmp_path), "--no-progress"]) == 0
     assert (figs / "fig4.csv").read_bytes() == before and not (figs / "fig4.png").exists()
@@ -90,12 +89,12 @@ def test_figure_drawn_on_absent_data_is_kept(tmp_path, monkeypatch, capsys):
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
-    from benchmark import run
+    from benchmark import artifacts
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "run_tables", interrupted)
+    monkeypatch.setattr(artifacts, "run", interrupted)
     assert main(["table", "table2", "--force", "--no-progress"]) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run the same command again to resume" in err
@@ -162,11 +161,11 @@ def test_pickled_objects_are_refused_without_advice_to_run_them(tmp_path):
 
 
 def test_unwritable_results_fail_before_any_work(tmp_path, monkeypatch, capsys):
-    from benchmark import run
+    from benchmark import artifacts
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setattr(run, "run_cell", lambda *a: pytest.fail("computed before the write check"))
+    monkeypatch.setattr(artifacts, "run_cell", lambda *a: pytest.fail("computed before the write check"))
     assert main(["table", "table2", "--profile", "smoke", "--results", str(blocker / "results"),
                  "--no-progress"]) == 2
     assert "cannot write results to" in capsys.readouterr().err

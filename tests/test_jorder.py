@@ -12,6 +12,7 @@ from models.caffe import as_list, decode_caffemodel, parse_prototxt, read_caffem
 from models.jorder import JORDER, PAPER_PARAMS, _starts, build_jorder, check_prototxt, expected_layers, load_caffe
 from models.colour import rgb2ycbcr, ycbcr2rgb
 from models.registry import count_parameters
+from core.weights import parse_weights
 
 
 # --------------------------------------------------------------------------- a tiny protobuf encoder
@@ -203,7 +204,7 @@ def test_check_prototxt_on_our_own_graph():
 # --------------------------------------------------------------------------- (c) the network
 
 def test_bare_net_runs_and_counts(one_thread):
-    net, info = build_jorder("init", "smoke", None)
+    net, info = build_jorder(parse_weights("init"), "smoke", None)
     assert info == {"tag": "init"}
     x = torch.rand(1, 3, 48, 48)
     with torch.no_grad():
@@ -276,7 +277,7 @@ def test_caffemodel_round_trip(tmp_path, one_thread):
     state = _random_state()
     path = tmp_path / "w.caffemodel"
     path.write_bytes(_caffemodel_of(state))
-    net, info = build_jorder(str(path), "smoke", None)
+    net, info = build_jorder(parse_weights(str(path)), "smoke", None)
     assert info["tag"] == "path" and info["bytes"] == path.stat().st_size and len(info["sha256"]) == 64
     for k, v in net.state_dict().items():
         assert np.array_equal(v.numpy(), state[k]), k
@@ -297,18 +298,18 @@ def test_missing_and_extra_layers_are_named(tmp_path):
     path = tmp_path / "short.caffemodel"
     path.write_bytes(_caffemodel_of(state))
     with pytest.raises(ValueError, match=r"short\.caffemodel.*Convolution9\.weight.*missing"):
-        build_jorder(str(path), "smoke", None)
+        build_jorder(parse_weights(str(path)), "smoke", None)
     state = _random_state()
     state["Convolution13.weight"], state["Convolution13.bias"] = np.zeros((1, 1, 3, 3), np.float32), np.zeros(1, np.float32)
     path = tmp_path / "long.caffemodel"
     path.write_bytes(_caffemodel_of(state))
     with pytest.raises(ValueError, match=r"long\.caffemodel.*Convolution13\.weight"):
-        build_jorder(str(path), "smoke", None)
+        build_jorder(parse_weights(str(path)), "smoke", None)
 
 
 def test_no_such_file():
     with pytest.raises(FileNotFoundError, match="nope"):
-        build_jorder("/nonexistent/nope.caffemodel", "smoke", None)
+        build_jorder(parse_weights("/nonexistent/nope.caffemodel"), "smoke", None)
 
 
 # --------------------------------------------------------------------------- (e) the authors' weights
@@ -348,7 +349,7 @@ def _run_prototxt(proto: dict, blobs: dict, x: torch.Tensor) -> torch.Tensor:
 
 def test_authors_weights_fit_and_match_the_prototxt(data_root):
     path = _official(data_root)
-    net, info = build_jorder("official", "smoke", data_root)  # the official weights under the data root
+    net, info = build_jorder(parse_weights("official"), "smoke", data_root)  # the official weights under the data root
     assert info["tag"] == "official" and info["bytes"] == path.stat().st_size
     blobs = read_caffemodel(path)
     assert sorted(blobs) == sorted(f"Convolution{k}" for k in range(1, 13))
@@ -374,7 +375,7 @@ def test_authors_weights_on_rain100l_first_images(data_root, one_thread):
     if not (data_root / "Rain100L").is_dir():
         pytest.skip("Rain100L is absent")
     ds = open_dataset("Rain100L", data_root, size=None, seed=0, limit=5)
-    net, _ = build_jorder("official", "smoke", data_root)
+    net, _ = build_jorder(parse_weights("official"), "smoke", data_root)
     net.tiled = False  # 1.6x faster; the demo's 100x100 crops change PSNR by < 0.001 dB here
     res = evaluate(net.eval(), ds, progress=False)
     rainy = np.mean([image_metrics(r, c)["psnr_y"] for _, r, c in ds])
@@ -389,9 +390,9 @@ def test_untrained_default_names_its_train_command(no_weights):
 
     with provider.training_allowed(False):
         with pytest.raises(WeightsUnavailable, match="benchmark.run train jorder --rain light --profile smoke"):
-            build_jorder(None, "smoke", None)
+            build_jorder(parse_weights(None), "smoke", None)
         with pytest.raises(WeightsUnavailable, match="train jorder --rain heavy"):
-            build_jorder("heavy", "smoke", None)
+            build_jorder(parse_weights("heavy"), "smoke", None)
 
 
 def test_recipe_is_the_authors_jorder_e_one():

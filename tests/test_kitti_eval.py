@@ -11,6 +11,8 @@ from dataclasses import replace
 
 import math
 
+import numpy as np
+
 import pytest
 
 from detectors.bootstrap import bootstrap_ci, bootstrap_indices, paired_bootstrap_ci
@@ -312,6 +314,21 @@ def test_coco_van_is_ignore_region_and_fp_counts():
     gts[0][-1] = gt("Pedestrian", box=(300, 100, 400, 160))
     r = coco_car_ap(gts, dets)
     assert r["ap"] < 1.0 and r["ap50"] < 1.0
+
+
+def test_coco_ap50_alone_equals_the_full_evaluation():
+    """The bootstrap's fast path (IoU 0.5 only, area "all") gives the full evaluation's AP50."""
+    rng = np.random.default_rng(3)
+    gts, dets = [], []
+    for _ in range(12):
+        boxes = [(float(x), float(y), float(x + w), float(y + h))
+                 for x, y, w, h in rng.integers([0, 0, 30, 30], [400, 300, 120, 90], (4, 4))]
+        gts.append([gt("Car", box=b) for b in boxes])
+        dets.append([det(box=tuple(v + float(rng.normal(0, 8)) for v in b), score=float(rng.random()))
+                     for b in boxes] + [det(box=(5, 5, 60, 40), score=float(rng.random()))])
+    full = coco_car_ap(gts, dets)
+    fast = coco_car_ap(gts, dets, iou_thrs=(0.5,))
+    assert 0.0 < full["ap50"] < 1.0 and fast["ap50"] == full["ap50"] and math.isnan(fast["ap"])
 
 
 # ---------------------------------------------------------------- bootstrap

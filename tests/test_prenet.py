@@ -9,6 +9,7 @@ import torch
 from models.prenet import PReNet, build_prenet
 from core.errors import WeightsUnavailable
 from models.registry import count_parameters
+from core.weights import parse_weights
 
 
 def _random_net(seed=0):
@@ -21,7 +22,7 @@ def _random_net(seed=0):
 
 
 def test_output_shape_and_range():
-    net, info = build_prenet("init", "smoke", None)
+    net, info = build_prenet(parse_weights("init"), "smoke", None)
     assert info == {"tag": "init"}
     x = torch.rand(2, 3, 9, 7)
     with torch.no_grad():
@@ -35,7 +36,7 @@ def test_output_shape_and_range():
 
 
 def test_parameter_names_and_count():
-    net, _ = build_prenet("init", "smoke", None)
+    net, _ = build_prenet(parse_weights("init"), "smoke", None)
     keys = list(net.state_dict())
     assert keys[0] == "conv0.0.weight" and "res_conv5.2.bias" in keys and keys[-1] == "conv.0.bias"
     assert {"conv_i.0.weight", "conv_f.0.weight", "conv_g.0.weight", "conv_o.0.weight"} <= set(keys)
@@ -45,7 +46,7 @@ def test_parameter_names_and_count():
 
 def test_no_weights_asks_for_the_file():
     with pytest.raises(WeightsUnavailable, match="--weights PATH.*net_latest.pth"):
-        build_prenet(None, "smoke", None)
+        build_prenet(parse_weights(None), "smoke", None)
 
 
 @pytest.mark.parametrize("wrap", ["raw", "module", "state_dict"])
@@ -58,7 +59,7 @@ def test_saved_state_dict_round_trip(tmp_path, wrap):
         state = {"state_dict": state, "meta": {}}
     path = tmp_path / "w.pth"
     torch.save(state, path)
-    net, info = build_prenet(str(path), "smoke", None)
+    net, info = build_prenet(parse_weights(str(path)), "smoke", None)
     assert info["tag"] == "official" and info["bytes"] == path.stat().st_size and len(info["sha256"]) == 64
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
@@ -71,7 +72,7 @@ def test_wrong_shape_names_the_tensor(tmp_path):
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"bad\.pth.*conv_g\.0\.weight"):
-        build_prenet(str(path), "smoke", None)
+        build_prenet(parse_weights(str(path)), "smoke", None)
 
 
 def test_missing_tensor_is_named(tmp_path):
@@ -80,7 +81,7 @@ def test_missing_tensor_is_named(tmp_path):
     path = tmp_path / "short.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"short\.pth.*res_conv3\.0\.bias"):
-        build_prenet(str(path), "smoke", None)
+        build_prenet(parse_weights(str(path)), "smoke", None)
 
 
 def _official(data_root: Path) -> Path:
@@ -92,7 +93,7 @@ def _official(data_root: Path) -> Path:
 
 def test_authors_weights_fit(data_root):
     path = _official(data_root)
-    net, info = build_prenet(str(path), "smoke", None)
+    net, info = build_prenet(parse_weights(str(path)), "smoke", None)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     raw = {k.removeprefix("module."): v for k, v in raw.items()}
     assert set(raw) == set(net.state_dict())

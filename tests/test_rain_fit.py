@@ -8,9 +8,9 @@ from PIL import Image
 
 from datasets.rain import add_rain, real_rain_params
 from datasets.rainbank import (
+    _FREE,
     FIT_STATS,
     HEAVY_TARGET,
-    _FREE,
     calibrate_light_real,
     fit_heavy_real,
     heavy_real_loss,
@@ -23,8 +23,8 @@ from datasets.rainbank import (
 )
 from datasets.rainstats import summarise
 
-_TRUE = dict(density=0.01, length=30.0, width=0.6, intensity=0.4, low=0.2, fan=4.0, angle=3.0, angle_jitter=6.0,
-             haze=0.0)
+_TRUE = {"density": 0.01, "length": 30.0, "width": 0.6, "intensity": 0.4, "low": 0.2, "fan": 4.0, "angle": 3.0,
+         "angle_jitter": 6.0, "haze": 0.0}
 
 
 def _background(h, w, seed):

@@ -168,7 +168,12 @@ def test_rainy_input_score_is_the_suites_metric():
 def test_rain_look_table_and_figure(root, tmp_path):
     import pandas as pd
 
-    from benchmark.rain_look import draw_rain_look, format_table, rain_stats_frame, rain_stats_long
+    from benchmark.rain_look import (
+        draw_rain_look,
+        format_table,
+        rain_stats_frame,
+        rain_stats_long,
+    )
 
     sources = ("real", "heavy-real", "bank-heavy")
     long = rain_stats_long(root, sources, seed=0)
