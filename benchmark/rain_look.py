@@ -33,14 +33,8 @@ import pandas as pd
 
 from core.files import atomic_write, atomic_write_text
 from datasets.rain import PRESETS, add_rain
-from datasets.rainbank import (
-    add_bank_rain,
-    load_bank,
-    load_pairs,
-    measure_rain,
-    pair_names,
-    real_stats,
-)
+from datasets.rainbank import add_bank_rain, load_bank, load_pairs, pair_names
+from datasets.rainfit import measure_rain, real_stats
 from datasets.rainstats import STAT_NAMES
 
 __all__ = ["SOURCES", "STATISTICS", "rain_stats_long", "rain_stats_frame", "format_table", "draw_rain_look"]

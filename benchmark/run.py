@@ -11,6 +11,7 @@
     render  [--profile P] [--check]                                tables + report from stored cells
     runtime METHOD [--size 500] [--device cpu|cuda] [--dtype float32|bfloat16] [--batch N] [--repeats N]
     check   [--data-root DIR] [--reference FILE] [--update]        regression gate
+    rain-stats [--data-root DIR]                                   real rain against the presets (table, figure)
     detect  DERAINER DATASET [--rain light|heavy|none] [--detector NAME] [--detector-weights PATH]
             [--data-root DIR] [--profile P]          car AP of a detector after deraining (JSON line)
     train-detector [--detector NAME] [--profile P] [--max-seconds S]   (exit 3: stopped at the limit)
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")
     p.add_argument("--update", action="store_true", help="write the current values as the new reference")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p = sub.add_parser("rain-stats", help="the look of real and synthetic rain side by side (table and figure)")
+    p.add_argument("--data-root", default=None, help="holds train/RainTrainH-sample18 (else $RESGUIDE_DATA)")
+    p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
     p = sub.add_parser("detect", help="car AP of a detector on rainy frames after a derainer (JSON line)")
     p.add_argument("derainer", help="a registered method, or none / identity (no deraining)")
     p.add_argument("dataset", help="roads (embedded road scenes), KITTI (under the data root), a KITTI folder "
@@ -305,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this much wall time with a checkpoint; the same command resumes (exit 3)")
     common(p)
     return ap
+
+
+def cmd_rain_stats(job: Job) -> int:
+    """The ``rain_look`` artifact (figure and table), then the table on standard output."""
+    if job.data_root is None:
+        raise ValueError("rain-stats measures the real training pairs: pass --data-root or set RESGUIDE_DATA "
+                         "(expected <root>/train/RainTrainH-sample18)")
+    code = artifacts.run(["rain_look"], job)
+    print((job.tables_dir / "rain_stats.md").read_text(encoding="utf-8"), end="")
+    return code
 
 
 def cmd_detect(args) -> int:
@@ -365,6 +379,9 @@ def main(argv=None) -> int:
             return 0
         if args.command == "check":
             return run_check(args.data_root, args.reference, args.update, args.progress)
+        if args.command == "rain-stats":
+            return cmd_rain_stats(Job(get_profile(DEFAULT_PROFILE), data_root_from(args.data_root), args.results,
+                                      progress=False))
         if args.command == "detect":
             return cmd_detect(args)
         if args.command == "train-detector":

@@ -30,6 +30,7 @@ from core.profiles import detection_profile
 from datasets.kitti import KittiDetection, Object, format_label
 from datasets.rain import add_rain
 from datasets.roads import road_scenes
+from datasets.training import read_rgb
 
 RAINS = ("none", "light", "heavy")
 
@@ -84,8 +85,6 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
         return DetectionSet("roads", [s[0] for s in scenes], gts, lambda i: images[i], info)
 
     if name.lower().endswith(".json") and Path(name).is_file():  # a user's labelled (e.g. real-rain) images
-        from datasets.detection import read_coco_labels
-
         ids, paths, gts = read_coco_labels(name)
         if prof.real_limit:
             ids, paths, gts = ids[: prof.real_limit], paths[: prof.real_limit], gts[: prof.real_limit]
@@ -95,7 +94,7 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
             h.update(str(path.stat().st_size).encode())
         _labels_digest(h, gts)
         info = {"source": str(Path(name).resolve()), "limit": prof.real_limit, "fingerprint": h.hexdigest()}
-        return DetectionSet(Path(name).stem, ids, gts, lambda i: _read_rgb(paths[i]), info)
+        return DetectionSet(Path(name).stem, ids, gts, lambda i: read_rgb(paths[i]), info)
     if name.lower() == "kitti":
         if data_root is None:
             raise DatasetMissing("KITTI: no data root; pass --data-root or set RESGUIDE_DATA "
@@ -120,15 +119,8 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
     _labels_digest(h, gts)
 
     info = {"source": str(root), "limit": prof.real_limit, "fingerprint": h.hexdigest()}
-    return DetectionSet(label, list(ds.ids), gts, lambda i: _read_rgb(ds.image_path(i)), info)
+    return DetectionSet(label, list(ds.ids), gts, lambda i: read_rgb(ds.image_path(i)), info)
 
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 

@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageFile
 
 from core.errors import DatasetError
 from datasets.manifest import identify
+from datasets.images import read_image
+from datasets.images import _image_size
 
 __all__ = [
     "DatasetError",
@@ -50,7 +51,6 @@ __all__ = [
     "LAYOUTS",
     "detect_layout",
     "find_pairs",
-    "read_image",
     "load_pair",
     "natural_key",
 ]
@@ -76,9 +76,6 @@ _RAIN1400_RAINY = re.compile(r"^(\d+)_(\d+)$")
 _RAIN1400_CLEAN = re.compile(r"^(\d+)$")
 
 _MAX_LISTED = 10   # problems quoted in one error message
-
-
-
 
 
 @dataclass(frozen=True)
@@ -394,17 +391,6 @@ def _pair_rain1400(plan: _Plan) -> list[Pair]:
     return pairs
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header; pixels are not decoded."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found") from None
-    except Exception as exc:   # PIL raises many exception types on bad headers
-        raise DatasetError(f"{path}: cannot read image header ({exc})") from exc
-
-
 def _scan(root: Path) -> tuple[str, list[Pair]]:
     plan = _plan(Path(root))
     if plan.unclassified:
@@ -449,50 +435,6 @@ def find_pairs(root: Path) -> list[Pair]:
     that partners have the same size (read from the image headers).
     """
     return _scan(Path(root))[1]
-
-
-# --------------------------------------------------------------------------- decoding
-
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    mode = im.mode
-    if mode == "RGB":
-        arr = np.asarray(im, dtype=np.uint8)
-    elif mode.startswith("I;16") or mode == "I":
-        wide = np.asarray(im).astype(np.int64)
-        wide = np.clip(wide, 0, 65535)
-        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
-        arr = np.repeat(gray[:, :, None], 3, axis=2)
-    elif mode == "F":
-        raise DatasetError("floating-point images are not supported")
-    else:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise DatasetError(f"unexpected decoded shape {arr.shape} (mode {mode})")
-    return np.ascontiguousarray(arr)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Decode an image fully into a uint8 H x W x 3 RGB array.
-
-    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted.
-    EXIF orientation is not applied: pixels are used as stored.  Truncated files are
-    refused even when PIL's LOAD_TRUNCATED_IMAGES switch is on elsewhere.
-    """
-    path = Path(path)
-    tolerant = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _to_rgb(im)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found") from None
-    except DatasetError as exc:
-        raise DatasetError(f"{path}: {exc}") from None
-    except Exception as exc:   # PIL raises OSError, SyntaxError, ValueError, EOFError, ...
-        raise DatasetError(f"{path}: cannot decode image ({exc})") from exc
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
 
 
 def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:

@@ -19,56 +19,15 @@ direction per image and no veil; "heavy" (Rain100H) uses five directions
 fanned around a shared per-image wind direction (``RainParams.angle_jitter``),
 longer, wider, brighter and denser streaks, and a veiling layer.
 
-Calibration.  The suite trains derainers on this rain over clean training
-images, so "light" and "heavy" were calibrated to give, on those training
-images, the rainy-input scores that JORDER's paper reports for the real sets
-(Table 2, first column; Y channel, MATLAB protocol, as computed by
-``benchmark.metrics.image_metrics(rainy, clean)``):
-
-    Rain100L  26.90 dB / 0.838 SSIM      Rain100H  13.56 dB / 0.379 SSIM
-
-Images: BSDS500 train + val minus the 66 Rain100 backgrounds listed in
-``BSDS500/rain100-backgrounds.txt`` (234 images).  Parameters were fitted on
-every 4th of them (59 images, sorted train then val, seed 1000 + index).  No
-test set (Rain100L/H, BSD68, CBSD68, BSDS500 test, KITTI) was looked at or
-used.  Achieved means:
-
-    preset  fit subset (59)       all 234 (seed 5000 + index)
-    light   26.88 dB / 0.837      26.72 dB / 0.839
-    heavy   13.51 dB / 0.378      13.39 dB / 0.384
-
-The two columns differ by sampling (other images, other seeds); the presets
-were not refitted on all 234.  Other presets ("medium", ddn01..ddn14)
-are not calibrated.
-
-Rain fitted to real rain: "heavy-real" and "light-real".  "light" and "heavy"
-match the published scores but not the look of real rain: measured with
-:mod:`datasets.rainstats` against the 18 real heavy-rain training pairs
-(``train/RainTrainH-sample18``, whose rain is *additive*, ``O = min(B + S, 1)``
-with the same grey ``S`` on R, G, B), "heavy" has streaks about half as long,
-a wider spread of directions, far brighter streaks and a stronger veil.
-"heavy-real" (:func:`real_rain_params`: additive, three directions fanned
-+-4.4 deg around a per-image slant, long faint streaks, a light haze) was
-fitted by :func:`datasets.rainbank.fit_heavy_real` to the first 12 pairs by
-number (norain-2 .. norain-14) with the Rain100H score as a soft constraint,
-and checked on the 6 held out (norain-15 .. norain-20): every statistic's
-mean lies within 0.6 real standard deviations of the held-out real mean, and
-within the [min, max] of the 18 real layers.  "light-real" is the same streak
-shape in one direction, calibrated by
-:func:`datasets.rainbank.calibrate_light_real` (density and intensity) on the
-same 59 BSDS500 training backgrounds and seeds as "light".  Rainy-input
-scores (Y PSNR / SSIM; same protocol as the table above):
-
-    preset      fit subset (59)     all 234 (seed 5000 + index)
-    light-real  26.89 dB / 0.838    26.93 dB / 0.843
-    heavy-real  13.37 dB / 0.375    13.38 dB / 0.386   (12 fit pairs' backgrounds: 13.55 / 0.378)
-
-``benchmark/rain_look.py`` tabulates and draws real against synthetic rain.
-
-Everything is vectorised numpy/scipy (FFT convolution, ~0.07 s for a
-481x321 heavy image; per 128x128 training patch about 1.4 ms for "light" and
-"light-real", 4.2 ms for "heavy-real" and 5.8 ms for "heavy", CPU time on one
-thread) and fully determined by a seed.
+Calibration.  "light" and "heavy" give, on the clean training images (never a test set), the
+rainy-input scores JORDER's paper reports for Rain100L / Rain100H (26.90 dB / 0.838 and
+13.56 dB / 0.379, Y channel).  "heavy-real" is fitted to the look of the real heavy-rain
+training pairs (additive, three directions fanned around a per-image slant, long faint
+streaks, a light haze; :func:`datasets.rainfit.fit_heavy_real`), and "light-real" is its streak
+shape in one direction, calibrated to Rain100L's rainy-input score
+(:func:`datasets.rainfit.calibrate_light_real`).  The fits and their numbers are in
+``docs/data.md``.  Everything is vectorised numpy/scipy (FFT convolution) and fully
+determined by a seed.
 """
 
 from __future__ import annotations
@@ -235,8 +194,8 @@ def real_rain_params(
     is added to the streak map; the layer is composed additively.  One
     direction (``directions=1``) ignores ``fan``.  The presets "heavy-real"
     and "light-real" are built with it from the numbers that
-    :func:`datasets.rainbank.fit_heavy_real` and
-    :func:`datasets.rainbank.calibrate_light_real` return.
+    :func:`datasets.rainfit.fit_heavy_real` and
+    :func:`datasets.rainfit.calibrate_light_real` return.
     """
     if directions < 1:
         raise ValueError(f"directions must be >= 1, got {directions}")
@@ -253,7 +212,7 @@ def real_rain_params(
 
 
 # Fitted to the 12 real heavy-rain pairs RainTrainH-sample18 norain-2 .. norain-14 (the first 12 by
-# number; norain-15 .. norain-20 are held out) by datasets.rainbank.fit_heavy_real(data_root) (defaults:
+# number; norain-15 .. norain-20 are held out) by datasets.rainfit.fit_heavy_real(data_root) (defaults:
 # seed 1000, Nelder-Mead, 190 renders of the 12 backgrounds, loss 0.43), which matches 10 statistics of
 # datasets.rainstats to the real means and holds the published Rain100H rainy-input score (13.56 dB /
 # 0.379) as a soft constraint; angle and angle_jitter are the moments of the real per-image angles
@@ -264,7 +223,7 @@ HEAVY_REAL_FIT: dict[str, float] = {
     "angle": -1.25, "angle_jitter": 9.5, "haze": 0.022,
 }
 # light-real: the heavy-real streak shape (length, width, brightness range, slant) in one direction,
-# without haze; density and intensity from datasets.rainbank.calibrate_light_real(data_root) (unrounded
+# without haze; density and intensity from datasets.rainfit.calibrate_light_real(data_root) (unrounded
 # 0.0014804, 0.27268), which hits Rain100L's rainy-input 26.90 dB / 0.838 on the 59 BSDS500 train+val
 # training backgrounds of "light"'s calibration (never on Rain100L).  Density alone at the heavy-real
 # intensity (0.000866) gives 26.90 dB but SSIM 0.864: fainter, denser streaks were needed.

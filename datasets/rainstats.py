@@ -34,7 +34,6 @@ Only numpy and scipy are used; everything is deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy import fft as sfft
@@ -46,7 +45,6 @@ __all__ = [
     "veil_map",
     "layer_stats",
     "brightness_histogram",
-    "summarise",
 ]
 
 # Observed values at or above this are saturated (the top uint8 level): they
@@ -481,42 +479,3 @@ def brightness_histogram(
 # 3. summaries over a set
 # --------------------------------------------------------------------------
 
-def summarise(items: Iterable, **stats_kwargs) -> dict[str, dict[str, float]]:
-    """Per-statistic mean, std, min and max over a set of rain layers.
-
-    items: each either a stats dict (from :func:`layer_stats`), an HxW layer,
-        or a ``(layer, valid)`` pair; layers are measured with
-        :func:`layer_stats` and ``stats_kwargs``.
-
-    Returns ``{stat: {"mean", "std", "min", "max", "n"}}`` for every key
-    present, in first-seen order.  Non-finite values are left out and ``n``
-    counts the finite ones; ``std`` is the sample standard deviation
-    (``ddof=1``; 0 for a single value); all four are NaN when ``n == 0``.
-    """
-    rows: list[Mapping[str, float]] = []
-    for it in items:
-        if isinstance(it, Mapping):
-            rows.append(it)
-        elif isinstance(it, tuple):
-            rows.append(layer_stats(it[0], it[1], **stats_kwargs))
-        else:
-            rows.append(layer_stats(it, **stats_kwargs))
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    out: dict[str, dict[str, float]] = {}
-    for k in keys:
-        vals = np.array([float(row[k]) for row in rows if k in row], dtype=np.float64)
-        vals = vals[np.isfinite(vals)]
-        n = int(vals.size)
-        if n == 0:
-            out[k] = {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": 0}
-            continue
-        out[k] = {
-            "mean": float(vals.mean()),
-            "std": float(vals.std(ddof=1)) if n > 1 else 0.0,
-            "min": float(vals.min()),
-            "max": float(vals.max()),
-            "n": n,
-        }
-    return out

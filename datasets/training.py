@@ -44,7 +44,8 @@ _BACKGROUNDS = "rain100-backgrounds.txt"
 
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as uint8 HxWx3 RGB."""
     with Image.open(path) as im:
         return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
@@ -93,13 +94,13 @@ def training_images(data_root: Path | None, size: int | None = None) -> tuple[li
         bsds = root / "BSDS500"
         if (bsds / "train").is_dir() and (bsds / "val").is_dir():
             files, dropped = deraining_backgrounds(root)
-            images: list[np.ndarray] = [_read_rgb(f) for f in files]
+            images: list[np.ndarray] = [read_rgb(f) for f in files]
             n_bsds = len(images)
             desc = f"BSDS500 train+val minus {dropped} Rain100 backgrounds ({n_bsds} images)"
             kodak = root / "train" / "Kodak24"
             if kodak.is_dir():
                 pngs = sorted(f for f in kodak.iterdir() if f.suffix.lower() == ".png" and f.is_file())
-                images.extend(_read_rgb(f) for f in pngs)
+                images.extend(read_rgb(f) for f in pngs)
                 desc += f" + Kodak24 ({len(pngs)} images)"
             return images, f"{desc} from {root}, native resolution"
     return _embedded_training_images(data_root, size)
@@ -132,7 +133,7 @@ def denoise_training_images(data_root: Path | None, size: int | None = None) -> 
             counts = []
             for split in ("train", "val"):
                 files = sorted(f for f in (bsds / split).iterdir() if f.suffix.lower() in _JPEG and f.is_file())
-                images.extend(_read_rgb(f) for f in files)
+                images.extend(read_rgb(f) for f in files)
                 counts.append(len(files))
             if not images:
                 raise FileNotFoundError(f"{bsds}/train and {bsds}/val hold no JPEG images")

@@ -38,19 +38,7 @@ from models.colour import rgb2ycbcr
 from models.losses import resguide_loss
 from models.samplers import Batches, NoisyPatchSampler, PatchSampler
 
-__all__ = [
-    "TrainConfig",
-    "PatchSampler",
-    "NoisyPatchSampler",
-    "TrainingDiverged",
-    "train",
-    "save_weights",
-    "load_weights",
-    "training_images",
-    "denoise_training_images",
-    "dncnn_loss",
-    "HISTORY_EVERY",
-]
+__all__ = ["TrainConfig", "train", "dncnn_loss", "HISTORY_EVERY"]
 
 #: loss_history gets an entry at iteration 1, every HISTORY_EVERY iterations and at the end.
 HISTORY_EVERY = 10

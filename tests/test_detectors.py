@@ -2,7 +2,6 @@
 
 import urllib.request
 
-import numpy as np
 import pytest
 import torch
 

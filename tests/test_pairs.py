@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from core.errors import DatasetError
-from datasets.pairs import FolderPairs, Pair, detect_layout, find_pairs, load_pair, read_image
+from datasets.pairs import FolderPairs, Pair, detect_layout, find_pairs, load_pair
+from datasets.images import read_image
 
 W, H = 8, 6
 

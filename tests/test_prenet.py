@@ -1,6 +1,5 @@
 """PReNet baseline: architecture, weight loading and (optionally) the authors' weights on Rain100L."""
 import json
-import os
 from pathlib import Path
 
 import pytest

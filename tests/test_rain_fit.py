@@ -7,21 +7,10 @@ import pytest
 from PIL import Image
 
 from datasets.rain import add_rain, real_rain_params
-from datasets.rainbank import (
-    _FREE,
-    FIT_STATS,
-    HEAVY_TARGET,
-    calibrate_light_real,
-    fit_heavy_real,
-    heavy_real_loss,
-    load_pairs,
-    measure_rain,
-    pair_names,
-    real_stats,
-    split_names,
-    training_backgrounds,
-)
-from datasets.rainstats import summarise
+from datasets.rainbank import FIT_STATS, HEAVY_TARGET, load_pairs, pair_names, split_names
+from datasets.rainfit import (_FREE, calibrate_light_real, fit_heavy_real, heavy_real_loss, measure_rain, real_stats,
+                              training_backgrounds)
+from datasets.rainfit import summarise
 
 _TRUE = {"density": 0.01, "length": 30.0, "width": 0.6, "intensity": 0.4, "low": 0.2, "fan": 4.0, "angle": 3.0,
          "angle_jitter": 6.0, "haze": 0.0}

@@ -5,18 +5,8 @@ import pytest
 from PIL import Image
 
 from datasets.rain import RainLayer, RainParams, add_rain, rain_mask
-from datasets.rainbank import (
-    HOLDOUT,
-    RainBank,
-    add_bank_rain,
-    extract_layer,
-    load_bank,
-    load_pairs,
-    pair_folder,
-    pair_names,
-    rainy_input_score,
-    split_names,
-)
+from datasets.rainbank import (HOLDOUT, RainBank, add_bank_rain, extract_layer, load_bank, load_pairs, pair_folder, pair_names, split_names)
+from datasets.rainfit import rainy_input_score
 
 _ADDITIVE = RainParams(layers=(RainLayer(0.01, 20, 5, 0, 0.7, 0.5),), blend="additive")
 

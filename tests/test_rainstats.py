@@ -8,14 +8,8 @@ import pytest
 from scipy import ndimage
 
 from datasets.rain import RainLayer, add_rain, rain_mask, resolve, streak_layer
-from datasets.rainstats import (
-    STAT_NAMES,
-    brightness_histogram,
-    layer_stats,
-    rain_layer,
-    summarise,
-    veil_map,
-)
+from datasets.rainstats import STAT_NAMES, brightness_histogram, layer_stats, rain_layer, veil_map
+from datasets.rainfit import summarise
 
 
 def _segments(shape, n, angle, length, width, seed=0, gap=2.0, ss=4):

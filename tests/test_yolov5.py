@@ -21,20 +21,9 @@ from torch import nn
 
 from datasets.kitti import KittiDetection
 from detectors.kitti_eval import box_overlap
-from detectors.yolov5 import (
-    COCO_CAR,
-    PAD_VALUE,
-    C3,
-    Detect,
-    Letterbox,
-    YoloV5Detector,
-    build_yolov5,
-    letterbox,
-    load_state,
-    load_yolov5,
-    read_yolov5_checkpoint,
-    to_objects,
-)
+from detectors.yolov5 import COCO_CAR, PAD_VALUE, Letterbox, YoloV5Detector, letterbox, load_yolov5, to_objects
+from detectors.yolov5_checkpoint import read_yolov5_checkpoint
+from detectors.yolov5_net import C3, Detect, build_yolov5, load_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
