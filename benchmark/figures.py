@@ -104,6 +104,10 @@ def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
         return []
     missing = []
     for name in dict.fromkeys(u.strip() for u in used if u.strip()):
+        if name.startswith("KITTI"):  # the detection frames: <data root>/KITTI/training
+            if data_root is None or not (Path(data_root) / "KITTI" / "training" / "image_2").is_dir():
+                missing.append("KITTI")
+            continue
         if canonical_name(name) is None:  # embedded or generated data: present everywhere
             continue
         try:

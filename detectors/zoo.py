@@ -72,7 +72,7 @@ def coco_detector(name: str, weights: str | Path | None, data_root: Path | None,
         raise WeightsUnavailable(f"no {name} weights: expected <data root>/{rel} (pass --data-root or set "
                                  "RESGUIDE_DATA, or --detector-weights PATH)")
     detector = load_yolov5(path, img_size=img_size, device=device)
-    identity = {"source": source, **file_identity(path)}
+    identity = {"tag": name, "source": source, **file_identity(path)}
     if source == "data root":  # named the same on every machine
         identity["path"] = f"<data root>/{rel}"
     detector.meta = {"min_size": img_size, "max_size": img_size, "identity": identity}

@@ -81,6 +81,8 @@ def test_figure_drawn_on_absent_data_is_kept(tmp_path, monkeypatch, capsys):
     assert absent_data("fig4", None, figs) == ["Rain100L"]
     assert absent_data("fig10", None, figs) == ["Rain100L"]
     assert absent_data("fig5", None, figs) == [] and absent_data("fig6", None, figs) == []
+    (figs / "fig12.json").write_text(json.dumps({"caption": "profile quick; data: KITTI (training frame 000006); x"}))
+    assert absent_data("fig12", None, figs) == ["KITTI"]
     monkeypatch.setattr(artifacts, "run_cell", lambda *a: pytest.fail("a kept figure's cells were computed"))
     before = (figs / "fig4.csv").read_bytes()
     assert main(["figure", "fig4", "--results", str(tmp_path), "--no-progress"]) == 0

@@ -87,6 +87,18 @@ def test_fig7_reads_block_two_of_each_model(tmp_path, monkeypatch):
     assert rec["failed_panels"] == 0
 
 
+@pytest.mark.realdata
+def test_fig12_shows_a_real_kitti_frame_with_the_coco_detector(tmp_path, data_root):
+    if not (data_root / "weights" / "YOLOv5" / "yolov5n.pt").is_file():
+        pytest.skip("no YOLOv5n weights under the data root")
+    rec = draw_visual("fig12", SMOKE, data_root, tmp_path)
+    df = pd.read_csv(tmp_path / "fig12.csv")
+    assert "data: KITTI (training frame" in rec["caption"] and "detector: yolov5n (" in rec["caption"]
+    clean = df[df["method"] == "none"].iloc[0]
+    assert clean["cars"] >= 3 and clean["found_iou70"] >= 1  # the COCO detector finds real cars
+    assert rec["failed_panels"] == 0
+
+
 def test_fig12_boxes_are_consistent(tmp_path, monkeypatch):
     monkeypatch.delenv("RESGUIDE_DATA", raising=False)
     draw_visual("fig12", SMOKE, None, tmp_path)
