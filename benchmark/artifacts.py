@@ -30,7 +30,7 @@ from core.errors import WeightsUnavailable
 from core.files import check_writable
 from core.layout import cells_dir, output_dir, report_path
 from core.profiles import Profile
-from core.store import CellKey, Context, Store
+from core.store import CellKey, Context, Store, new_stats
 from models import registry
 from models.provider import training_allowed
 from benchmark.rain_look import draw_rain_look, format_table, rain_stats_long
@@ -52,8 +52,7 @@ class Job:
     progress: bool = True
     train_missing: bool = False
     measure: bool = True   # False (render): time nothing, compute nothing
-    stats: dict = field(default_factory=lambda: {"computed": 0, "reused": 0, "kept": 0, "failed": 0, "skipped": 0,
-                                                 "failed_figures": 0})
+    stats: dict = field(default_factory=lambda: {**new_stats(), "failed_figures": 0})
 
     @property
     def store(self) -> Store:
@@ -96,7 +95,8 @@ def parameter_counts(methods) -> dict:
 
 # ---------------------------------------------------------------- the artifacts
 
-def _table(spec) -> Artifact:
+def table_artifact(spec) -> Artifact:
+    """The artifact of a table spec (:mod:`benchmark.tables`): its cells, rendered as Markdown/CSV/LaTeX."""
     def render(job: Job) -> list[Path]:
         params = parameter_counts([c.method for c in spec.columns]) if spec.params_row else None
         return write_table(spec, job.store.all(), set(registry.names()), job.tables_dir, params)
@@ -194,7 +194,7 @@ def _render_report(job: Job) -> list[Path]:
 
 
 ARTIFACTS: dict[str, Artifact] = {
-    **{t.id: _table(t) for t in TABLES.values()},
+    **{t.id: table_artifact(t) for t in TABLES.values()},
     "table4": Artifact("table4", "table", "running time per image (Table 4), CPU measured here, GPU from "
                        "results/runtime/", _render_table4),
     "ap": Artifact("ap", "table", "car AP of a detector on clean / rainy / derained frames (section 5.2)", _render_ap,

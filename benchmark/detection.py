@@ -1,52 +1,25 @@
-"""The detection study of the paper's section 5.2: car AP of a detector on clean, rainy and derained frames.
+"""The detection study's cells (the paper's section 5.2): car AP of a detector on clean, rainy and
+derained frames.
 
-A Faster R-CNN (:mod:`detectors.torchvision_det`) trained on *clean* frames loses
-cars when the frames are rainy; deraining them first should win some of that
-AP back.  One result cell per (detector, derainer, dataset, rain):
+A detector that knows cars loses them when the frames are rainy; deraining first should win
+some of that AP back.  One result cell per (detector, derainer, dataset, rain):
 
-    rain (datasets.rain, seeded per image) -> derainer (models.registry) -> detector
+    rain (datasets.detection.rainy, seeded per frame) -> derainer (models.registry)
+    -> uint8 (what a derainer writing an image file hands on) -> detector (detectors.zoo)
     -> KITTI devkit AP (ap11 / ap40, easy / moderate / hard) + COCO AP / AP50
-    + percentile bootstrap intervals over images
+    + percentile bootstrap intervals over frames
 
-Data (:func:`detection_dataset`):
+The data are :func:`datasets.detection.detection_dataset`'s; the detector of each dataset's
+rows is :data:`STUDY_DETECTORS` (the road-scene Faster R-CNN on the road scenes, the
+COCO-trained YOLOv5n on the real KITTI frames).  Derained frames are cached per (derainer,
+weights, rain, frame) (:class:`DerainedFrames`), so a second detector or a rerun reuses them.
 
-* ``"roads"``: the embedded road scenes (:mod:`datasets.roads`), *test* split;
-  count and size from the profile (the profile's ``detection`` settings).  No download.
-* ``"KITTI"``: ``<data_root>/KITTI/training/{image_2,label_2}`` through
-  :class:`datasets.kitti.KittiDetection` (the first ``profile.real_limit``
-  frames when the profile sets one).  Absent -> ``DatasetMissing`` -> the cell
-  is skipped, not failed.  A folder holding ``image_2/`` and ``label_2/`` works too.
-* a COCO ``.json`` file of labelled images (:func:`detectors.coco_eval.read_coco_labels`):
-  a user's own frames, e.g. real rain with manual boxes (then use ``rain="none"``).
-
-Rain (:func:`rainy`): the suite's own synthesis, ``datasets.rain.add_rain`` with
-the ``light`` / ``heavy`` presets, seeded per image from ``(seed, image id)``.
-KITTI frames (1242x375) get the *same* presets at their native resolution: the
-streak lengths / densities were calibrated on BSDS500 training images only and
-are not retuned on KITTI (or on any test frame) -- tuning the rain on the frames
-the detector is scored on would be tuning on test data.  So the rain looks
-somewhat finer relative to a 1242-wide frame than to a 481-wide photo.
-
-Detector (:func:`get_detector`): ``weights`` (a local checkpoint path), else the
-shipped ``results/weights/detector-<name>-<profile>.pt``, else the cached
-``results/cache/detectors/<name>-<profile>.pt`` (the same shipped-before-cache
-order as :mod:`models.provider`), else ``WeightsUnavailable`` naming the command
-that trains one (:func:`train_detector_cmd`).  The detector is trained on the
-road scenes' *train* split only -- never on KITTI, never on the test split --
-so a KITTI number is a transfer number.  Its resize limits (``min_size`` /
-``max_size``) are part of the detector: they are saved in the checkpoint's meta
-and applied to every dataset (KITTI frames are shrunk to the road scenes' scale).
-
-Derained images are clamped to [0, 1] and rounded to uint8 (what a derainer
-writing an image file would hand on) before the detector sees them.
-
-Cells: JSON files ``<results>/cells/<profile>/detection/<id>.json`` (a
-subfolder, so the PSNR/SSIM tables never see them), written atomically with
-:func:`benchmark.cells.atomic_write_text`; a fresh ``ok`` cell is reused, a
-missing detector / derainer weight or dataset gives a ``skipped`` cell, any
-other error a ``failed`` cell, and the run goes on.  A cell stores its
-detections and ground truth per image, so :func:`ap_table` can compute paired
-bootstrap intervals of the deraining gain from the cells alone.
+Cells are JSON files ``<results>/cells/<profile>/detection/<id>.json`` (a subfolder, so the
+PSNR/SSIM tables never see them) settled by :func:`core.store.settle`: a fresh ``ok`` cell is
+reused, an absent input keeps the stored cell (or gives a ``skipped`` one), any other error a
+``failed`` cell, and the run goes on.  A user's own dataset (a folder or a COCO file) is a
+one-off: its cells go to the uncommitted cache.  A cell stores its detections and ground truth
+per frame, so :mod:`benchmark.ap_table` computes paired intervals from the cells alone.
 """
 from __future__ import annotations
 

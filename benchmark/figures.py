@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.runtime import measure
+from benchmark import runtime
 from core.errors import DatasetError
 from core.files import atomic_write_text
 from core.store import CellKey
@@ -131,7 +131,7 @@ def timings(spec: FigureSpec, store_root: Path, force: bool = False) -> dict[str
         if path.exists() and not force:
             out[m] = json.loads(path.read_text())
             continue
-        out[m] = measure(m, size=256, repeats=5)
+        out[m] = runtime.measure(m, size=256, repeats=5)
         atomic_write_text(path, json.dumps(out[m], indent=1) + "\n")
     return out
 

@@ -17,7 +17,7 @@ import io
 import json
 from pathlib import Path
 
-from benchmark.runtime import measure
+from benchmark import runtime
 from core.files import atomic_write_text
 from core.layout import RESULTS
 
@@ -56,7 +56,7 @@ def cpu_records(store_root: Path, size: int, repeats: int, registered: set[str],
             if not measure_missing:
                 continue
             try:
-                rec = {**measure(method, size=size, dtype=dtype, repeats=repeats,
+                rec = {**runtime.measure(method, size=size, dtype=dtype, repeats=repeats,
                                  channels_last=variant != "float32", compile=compile),
                        "status": "ok"}
             except Exception as exc:  # one method failing must not cost the others

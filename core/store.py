@@ -78,6 +78,11 @@ class Store:
 
 
 
+def new_stats() -> dict[str, int]:
+    """The counters of a run: cells computed, reused, kept (an input absent here), failed, skipped."""
+    return {"computed": 0, "reused": 0, "kept": 0, "failed": 0, "skipped": 0}
+
+
 @dataclass
 class Context:
     profile: Profile
@@ -85,7 +90,7 @@ class Context:
     store: Store
     force: bool = False
     progress: bool = True
-    stats: dict = field(default_factory=lambda: {"computed": 0, "reused": 0, "kept": 0, "failed": 0, "skipped": 0})
+    stats: dict = field(default_factory=lambda: new_stats())
 
 
 

@@ -427,7 +427,8 @@ def rain_mask(shape: tuple[int, int], params: RainParams, rng: np.random.Generat
     return np.clip(out, 0.0, 1.0)
 
 
-def _as_unit_float(img: np.ndarray) -> np.ndarray:
+def as_unit_float(img: np.ndarray) -> np.ndarray:
+    """A uint8 or float image as float64 in [0, 1] (floats are clipped)."""
     img = np.asarray(img)
     if img.dtype == np.uint8:
         return img.astype(np.float64) / 255.0
@@ -447,7 +448,7 @@ def add_rain(clean: np.ndarray, rain: str | RainParams, seed: int) -> np.ndarray
     if rain == "ddn":  # DDN's mixture: each image gets one of the 14 orientation/magnitude types
         rain = DDN_PRESET_NAMES[np.random.default_rng([seed, 14]).integers(len(DDN_PRESET_NAMES))]
     params = resolve(rain)
-    img = _as_unit_float(clean)
+    img = as_unit_float(clean)
     if img.ndim == 3:
         if img.shape[2] != 3:
             raise ValueError(f"expected HxWx3, got shape {img.shape}")

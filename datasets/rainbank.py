@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from datasets.rain import as_unit_float
 from datasets.rainstats import rain_layer
 from datasets.training import read_rgb
 
@@ -238,15 +239,6 @@ def load_bank(data_root: str | Path, names: Sequence[str] | None = None, holdout
     return _load_bank_cached(str(folder), tuple(chosen))
 
 
-def _as_unit_float(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img)
-    if img.dtype == np.uint8:
-        return img.astype(np.float64) / 255.0
-    if np.issubdtype(img.dtype, np.integer):
-        raise TypeError(f"integer images must be uint8, got {img.dtype}")
-    return np.clip(img.astype(np.float64), 0.0, 1.0)
-
-
 def add_bank_rain(
     clean: np.ndarray,
     seed: int,
@@ -277,7 +269,7 @@ def add_bank_rain(
     """
     if len(bank) == 0:
         raise ValueError("the rain bank is empty")
-    img = _as_unit_float(clean)
+    img = as_unit_float(clean)
     if img.ndim == 3 and img.shape[2] != 3:
         raise ValueError(f"expected HxWx3, got shape {img.shape}")
     if img.ndim not in (2, 3):

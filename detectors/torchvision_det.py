@@ -178,6 +178,19 @@ def read_state(path: str | Path) -> dict:
     return _read(Path(path))[0]
 
 
+def check_images(images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The detection contract's input: a list of 3xHxW float tensors in [0, 1]; ValueError naming
+    the first image that is not one."""
+    images = list(images)
+    for k, img in enumerate(images):
+        if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3:
+            shape = tuple(img.shape) if hasattr(img, "shape") else type(img).__name__
+            raise ValueError(f"image {k}: expected a 3xHxW float tensor in [0, 1], got {shape}")
+        if not img.is_floating_point():
+            raise ValueError(f"image {k}: expected a float tensor in [0, 1], got dtype {img.dtype}")
+    return images
+
+
 class Detector:
     """A torchvision detection model behind the contract of the module docstring.
 
@@ -201,13 +214,7 @@ class Detector:
         self.meta = dict(meta or {})
 
     def __call__(self, images: Sequence[torch.Tensor], batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
-        images = list(images)
-        for k, img in enumerate(images):
-            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3:
-                shape = tuple(img.shape) if hasattr(img, "shape") else type(img).__name__
-                raise ValueError(f"image {k}: expected a 3xHxW float tensor in [0, 1], got {shape}")
-            if not img.is_floating_point():
-                raise ValueError(f"image {k}: expected a float tensor in [0, 1], got dtype {img.dtype}")
+        images = check_images(images)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         was_training = self.model.training

@@ -39,6 +39,7 @@ from torch import nn
 from datasets.kitti import Object
 from detectors.yolov5_checkpoint import read_yolov5_checkpoint
 from detectors.yolov5_net import YoloV5Net, build_yolov5, load_state
+from detectors.torchvision_det import check_images
 
 __all__ = [
     "COCO_CAR",
@@ -174,13 +175,7 @@ class YoloV5Detector(nn.Module):
         return int(self.net.stride.max())
 
     def forward(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        images = list(images)
-        for k, img in enumerate(images):
-            if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3:
-                shape = tuple(img.shape) if hasattr(img, "shape") else type(img).__name__
-                raise ValueError(f"image {k}: expected a 3xHxW float tensor in [0, 1], got {shape}")
-            if not img.is_floating_point():
-                raise ValueError(f"image {k}: expected a float tensor in [0, 1], got dtype {img.dtype}")
+        images = check_images(images)
         was_training = self.net.training
         self.net.to(self.device).eval()
         out: list[dict[str, torch.Tensor] | None] = [None] * len(images)

@@ -113,7 +113,7 @@ RESUME_SCRIPT = textwrap.dedent("""
     import sys, time
     from torch import nn
     from models.registry import register
-    from benchmark import tables
+    from benchmark import artifacts, tables
     from benchmark.run import main
 
     class Slow(nn.Module):
@@ -122,9 +122,9 @@ RESUME_SCRIPT = textwrap.dedent("""
             return x
 
     register("test_slow")(lambda w, p, d: (Slow(), {"tag": "none"}))
-    tables.TABLES["resume"] = tables.TableSpec(
+    artifacts.ARTIFACTS["resume"] = artifacts.table_artifact(tables.TableSpec(
         id="resume", title="resume test", rows=("embedded-light", "embedded-heavy"),
-        columns=(tables.Column("test_slow", "Slow"),))
+        columns=(tables.Column("test_slow", "Slow"),)))
     sys.exit(main(["table", "resume", "--profile", "smoke", "--results", sys.argv[1], "--no-progress"]))
 """)
 

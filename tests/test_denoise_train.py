@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import datasets.training as dt
 import models.train as mt
 from core.profiles import PROFILES, Profile
 from benchmark.run import main
@@ -299,8 +300,8 @@ def test_table5_cells_without_weights_are_skipped_with_the_train_command(tmp_pat
 @pytest.mark.realdata
 def test_denoise_training_images_are_the_300_of_train_and_val(data_root, monkeypatch):
     opened = []
-    real_open = mt.Image.open
-    monkeypatch.setattr(mt.Image, "open", lambda p, *a, **k: (opened.append(Path(p)), real_open(p, *a, **k))[1])
+    real_open = dt.Image.open
+    monkeypatch.setattr(dt.Image, "open", lambda p, *a, **k: (opened.append(Path(p)), real_open(p, *a, **k))[1])
     images, desc = denoise_training_images(data_root)
     assert len(images) == 300 and "300 images" in desc
     assert {p.parent.name for p in opened} == {"train", "val"} and len(opened) == 300

@@ -30,7 +30,7 @@ def _random(net, seed=0):
 
 @pytest.mark.parametrize("name,channels", [("dncnn", 1), ("dncnn_color", 3)])
 def test_init_shape_and_residual(name, channels):
-    net, info = _factory(name)("init", "smoke", None)
+    net, info = _factory(name)(parse_weights("init"), "smoke", None)
     assert info == {"tag": "init"}
     x = torch.rand(2, channels, 10, 7)
     with torch.no_grad():

@@ -124,7 +124,7 @@ def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     # re-rendering from the stored cells computes nothing and writes the same table; the gains'
     # paired intervals come from the cache beside the cells
     gains = json.loads((tmp_path / "cells" / "smoke" / "detection" / "gains.json").read_text())
-    assert len(gains) == 1 and all(len(v) == 2 for v in gains.values())
+    assert len(gains) == 2 and all(len(v) == 2 for v in gains.values())  # the gain's and the rain's loss
     before = md
     assert ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("light",),
                           derainers=(("identity", None),), compute=False)[0][3][0]["status"] == "ok"

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import datasets.training as dt
 import models.train as mt
 from datasets.embedded import clean_images
 from models.samplers import PatchSampler
@@ -191,8 +192,8 @@ def test_training_images_from_fake_root(tmp_path, monkeypatch, listing):
     _jpeg(tmp_path / "CBSD68" / "e.jpg", 5)
     (bsds / "rain100-backgrounds.txt").write_text(listing)
     opened = []
-    real_open = mt.Image.open
-    monkeypatch.setattr(mt.Image, "open", lambda p, *a, **k: (opened.append(Path(p)), real_open(p, *a, **k))[1])
+    real_open = dt.Image.open
+    monkeypatch.setattr(dt.Image, "open", lambda p, *a, **k: (opened.append(Path(p)), real_open(p, *a, **k))[1])
     images, desc = training_images(tmp_path, size=32)
     assert len(images) == 2 and all(im.shape == (20, 24, 3) and im.dtype == np.uint8 for im in images)
     assert sorted(p.name for p in opened) == ["a.jpg", "c.jpg"]
