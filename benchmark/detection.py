@@ -323,6 +323,9 @@ def _row_cell_id(detector: str, row: _Row, dataset: str) -> str:
 #: The detector of each dataset's rows in the AP table: the road-scene Faster R-CNN on the road
 #: scenes, the COCO-trained YOLOv5n (which knows real cars) on the real KITTI frames.
 STUDY_DETECTORS = {"roads": DEFAULT_DETECTOR, "KITTI": "yolov5n"}
+#: A planned cell with nothing stored: never computed, or its inputs were absent on every run.
+MISSING = ("no stored cell: not computed yet, or an input (data, derainer weights, detector) was absent on every "
+           "run; `python -m benchmark.run table ap` computes it or says what is absent")
 
 
 class DerainedFrames:
@@ -379,7 +382,7 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
                                      results=results, force=force, progress=progress, stats=stats) for r in rows]
             else:
                 cells = [store.load(_Key(_row_cell_id(det_name, r, dataset)))
-                         or {"status": "missing", "error": "no stored cell (run `python -m benchmark.run table ap`)"}
+                         or {"status": "missing", "error": MISSING}
                          for r in rows]
             sections.append((dataset, rain, rows, cells))
     return sections

@@ -116,7 +116,7 @@ def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     assert [r.split(" | ")[0] for r in rows] == ["| clean (no rain)", "| rainy", "| rainy + Rainy images"]
     assert "Note: detector fasterrcnn_tiny_fpn" in md and "tiny.pt" in md
     assert "not beyond the bootstrap noise" in md  # identity "derains" to exactly the rainy input
-    assert "Not shown: prenet (skipped" in md
+    assert "Not shown: prenet (missing: no stored cell" in md
     csv = (tmp_path / "tables" / "smoke" / "ap.csv").read_text().splitlines()
     assert len(csv) == 4 and csv[0].startswith("dataset,rain,row,method")
     assert r"\begin{tabular}" in (tmp_path / "tables" / "smoke" / "ap.tex").read_text()
@@ -134,7 +134,7 @@ def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     missing = ap_cells("smoke", None, results=tmp_path, datasets=("roads",), rains=("heavy",),
                              derainers=(), compute=False)[0][3]
     assert [c["status"] for c in missing] == ["ok", "missing"]  # the clean cell is shared by both rains
-    assert "table ap" in missing[1]["error"]
+    assert "table ap" in missing[1]["error"] and missing[1]["status"] == "missing"
 
 
 def test_table_ap_cli_without_detector(tmp_path, no_weights, capsys):
@@ -142,9 +142,12 @@ def test_table_ap_cli_without_detector(tmp_path, no_weights, capsys):
                  "--dry-run"]) == 0
     assert "det__fasterrcnn_tiny_fpn__none__roads__light: missing" in capsys.readouterr().out
     assert main(["table", "ap", "--profile", "smoke", "--results", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped det__fasterrcnn_tiny_fpn__none__roads__light: no trained" in out and "train-detector" in out
+    assert "RESGUIDE_DATA" in out  # the KITTI cells: no data root
     md = (tmp_path / "tables" / "smoke" / "ap.md").read_text()
-    assert "**roads, light rain**" in md and "Not computed" in md and "train-detector" in md
-    assert "**KITTI, heavy rain**" in md and "RESGUIDE_DATA" in md
+    assert "**roads, light rain**" in md and "**KITTI, heavy rain**" in md and "Not computed: no stored cell" in md
+    assert not (tmp_path / "cells" / "smoke" / "detection").exists()  # nothing absent is written
 
 
 def _coco_folder(tmp_path, boxes):
