@@ -23,6 +23,7 @@ MODELS = (
     ("identity", None),
     ("resguidenet", "heavy"),
     ("resguidenet", "heavy-real"),
+    ("resguidenet", "bank-heavy"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
     ("jorder", "heavy"),

@@ -337,3 +337,22 @@ def add_bank_rain(
 # calibrating light-real
 # --------------------------------------------------------------------------
 
+
+#: Training rain sources made from the bank: tag -> the bank's pairs (None: the fit pairs, the
+#: last :data:`HOLDOUT` held out).
+BANK_SOURCES = {"bank-heavy": None}
+
+
+def bank_renderer(tag: str, data_root: str | Path | None):
+    """``render(clean, seed) -> rainy`` for a bank source of :data:`BANK_SOURCES` (what a training
+    sampler calls in place of :func:`datasets.rain.add_rain`); FileNotFoundError naming the folder
+    when the real pairs are not under ``data_root``."""
+    if data_root is None:
+        raise FileNotFoundError(f"rain {tag!r} composes real rain layers: it needs the real training pairs "
+                                f"under a data root (<root>/{PAIRS_SUBDIR})")
+    bank = load_bank(data_root, BANK_SOURCES[tag])
+
+    def render(clean: np.ndarray, seed: int) -> np.ndarray:
+        return add_bank_rain(clean, seed, bank)
+
+    return render

@@ -44,6 +44,7 @@ from models.checkpoints import load_weights, save_weights
 from models.registry import file_identity
 from models.samplers import NoisyPatchSampler, PairedPatchSampler, PatchSampler
 from models.train import TrainConfig, train
+from datasets.rainbank import BANK_SOURCES, bank_renderer
 
 #: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
 CACHE_DIR = cache_root() / "weights"
@@ -149,8 +150,11 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         data_desc = f"real pairs {real.name} ({len(real)} pairs, {release})"
     else:
         images, data_desc = training_images(data_root)
-        data_desc += f"; rain synthesised by datasets.rain ({tag})"
-        sampler = PatchSampler(images, rain=tag, patch=cfg.patch, seed=cfg.seed)
+        if tag in BANK_SOURCES:
+            rain, data_desc = bank_renderer(tag, data_root), data_desc + f"; real rain layers of the bank ({tag})"
+        else:
+            rain, data_desc = tag, data_desc + f"; rain synthesised by datasets.rain ({tag})"
+        sampler = PatchSampler(images, rain=rain, patch=cfg.patch, seed=cfg.seed)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     opts = _TRAIN_OPTIONS.get()
     device = opts.get("device", "cpu")

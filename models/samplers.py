@@ -24,14 +24,15 @@ class PatchSampler:
     crop are absent), which is far cheaper than raining the whole image.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], rain: str, patch: int, seed: int):
+    def __init__(self, images: Sequence[np.ndarray], rain, patch: int, seed: int):
         if not images:
             raise ValueError("PatchSampler: no images")
         if patch < 1:
             raise ValueError(f"PatchSampler: patch must be positive, got {patch}")
         if seed < 0:
             raise ValueError(f"PatchSampler: seed must be >= 0, got {seed}")
-        validate(rain)  # unknown presets fail here, not in the middle of training
+        if not callable(rain):  # a renderer ``rain(clean, seed)``, e.g. datasets.rainbank.bank_renderer
+            validate(rain)  # unknown presets fail here, not in the middle of training
         checked = []
         for i, img in enumerate(images):
             img = np.asarray(img)
@@ -74,7 +75,7 @@ class PatchSampler:
             flip = bool(rng.random() < 0.5)
             crop = img[y : y + p, x : x + p]
             rain_seed = int(np.random.SeedSequence([self.seed, int(step), i]).generate_state(1)[0])
-            wet = add_rain(crop, self.rain, rain_seed)
+            wet = self.rain(crop, rain_seed) if callable(self.rain) else add_rain(crop, self.rain, rain_seed)
             if flip:
                 crop, wet = crop[:, ::-1], wet[:, ::-1]
             clean[i] = crop

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from datasets.rain import RainLayer, RainParams, add_rain, rain_mask
-from datasets.rainbank import (HOLDOUT, RainBank, add_bank_rain, extract_layer, load_bank, load_pairs, pair_folder, pair_names, split_names)
+from datasets.rainbank import (HOLDOUT, RainBank, add_bank_rain, bank_renderer, extract_layer, load_bank, load_pairs,
+                               pair_folder, pair_names, split_names)
 from datasets.rainfit import rainy_input_score
 
 _ADDITIVE = RainParams(layers=(RainLayer(0.01, 20, 5, 0, 0.7, 0.5),), blend="additive")
@@ -185,3 +186,16 @@ def test_rain_look_table_and_figure(root, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert pd.read_csv(out.with_suffix(".csv")).shape == summary.shape
     assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_bank_rain_trains_through_the_patch_sampler(root):
+    """``bank-heavy`` is a training rain source: the sampler composes real layers, the same per step."""
+    from models.samplers import PatchSampler
+
+    images = [_background(48, 60, k) for k in range(3)]
+    sampler = PatchSampler(images, rain=bank_renderer("bank-heavy", root), patch=32, seed=1)
+    rainy, clean = sampler.arrays(4, 7)
+    again, _ = sampler.arrays(4, 7)
+    assert np.array_equal(rainy, again) and (rainy.astype(int) >= clean).all() and (rainy != clean).any()
+    with pytest.raises(FileNotFoundError, match="data root"):
+        bank_renderer("bank-heavy", None)
