@@ -43,7 +43,7 @@ from datasets.detection import RAINS, detection_dataset, rainy
 from datasets.kitti import Object, format_label, parse_label_line
 from detectors.bootstrap import bootstrap_ci
 from detectors.coco_eval import coco_car_ap
-from detectors.kitti_eval import kitti_car_ap
+from detectors.kitti_eval import kitti_car_ap, kitti_car_ap40_moderate
 from detectors.torchvision_det import DEFAULT_DETECTOR
 from detectors.zoo import get_detector
 from models import registry
@@ -134,7 +134,7 @@ def cell_detections(cell: dict) -> tuple[list[list[Object]], list[list[Object]]]
 
 
 def _ap40m(g, d) -> float:
-    return kitti_car_ap(g, d)["ap40_moderate"]
+    return kitti_car_ap40_moderate(g, d)
 
 
 def _coco50(g, d) -> float:

@@ -19,6 +19,7 @@ from detectors.bootstrap import bootstrap_ci, bootstrap_indices, paired_bootstra
 from detectors.coco_eval import coco_car_ap
 from datasets.kitti import Object
 from detectors.kitti_eval import (
+    kitti_car_ap40_moderate,
     box_overlap,
     get_thresholds,
     kitti_car_ap,
@@ -314,6 +315,13 @@ def test_coco_van_is_ignore_region_and_fp_counts():
     gts[0][-1] = gt("Pedestrian", box=(300, 100, 400, 160))
     r = coco_car_ap(gts, dets)
     assert r["ap"] < 1.0 and r["ap50"] < 1.0
+
+
+def test_ap40_moderate_alone_equals_the_full_evaluation():
+    gts, dets = base()
+    dets[0] = dets[0] + [det(box=(300, 100, 400, 160), score=0.95)]  # a confident false positive
+    dets[1] = []  # and a missed car
+    assert kitti_car_ap40_moderate(gts, dets) == kitti_car_ap(gts, dets)["ap40_moderate"] < 1.0
 
 
 def test_coco_ap50_alone_equals_the_full_evaluation():
