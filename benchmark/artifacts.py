@@ -135,7 +135,7 @@ def _picture(spec) -> Artifact:
         """Draw the picture figure; a failure is reported and counted, and costs no other work."""
         try:
             with training_allowed(job.train_missing):
-                rec = draw_visual(spec.id, job.profile, job.data_root, job.figures_dir)
+                rec = draw_visual(spec.id, job.profile, job.data_root, job.figures_dir, force=job.force)
         except WeightsUnavailable as exc:  # like a cell without weights: skipped, not failed
             print(f"skipped figure {spec.id}: {exc}")
             return []

@@ -438,10 +438,15 @@ def _weights_line(info) -> str:
     return weights_label(info) if isinstance(info, dict) else info[0]
 
 
-def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
+def draw_visual(fig_id: str, profile, data_root, out_dir: Path, force: bool = False) -> dict:
     """Draw one picture figure (see the module doc); returns its ``ID.json`` record, whose
     ``failed_panels`` counts the panels that failed.  Raises for what stops the whole figure
-    (an unreadable dataset, a missing detector)."""
+    (an unreadable dataset, a missing detector).
+
+    Like a cell, a stored figure whose record has the same fingerprint (data, weights, profile,
+    figure version) and no failed panel is kept as it is unless ``force``: its pixels come from
+    float convolutions whose last bits depend on the thread count and the CPU, so redrawing an
+    unchanged figure would rewrite a committed file for nothing."""
     import pandas as pd
 
     if fig_id not in VISUALS:
@@ -454,9 +459,6 @@ def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
         fig_id, f"central {CROP}×{CROP} crops, PSNR/SSIM (Y) of the whole image")
     weights = "; ".join(f"{k}: {_weights_line(v)}" for k, v in prov["weights"].items())
     caption = f"profile {profile.name}; data: {', '.join(prov['data'])}; {shown}; weights: {weights}"
-    _draw(spec, panels, caption, out_dir / f"{fig_id}.png")
-    records = [p.record(fig_id) for p in panels]
-    atomic_write_text(out_dir / f"{fig_id}.csv", pd.DataFrame(records).to_csv(index=False))
     record = {"id": fig_id, "title": spec.title, "caption": caption, "profile": profile.name,
               "fingerprint": fingerprint({"version": VISUAL_VERSION, "crop": CROP, "provenance": prov}),
               "code_version": code_version(),
@@ -464,7 +466,12 @@ def draw_visual(fig_id: str, profile, data_root, out_dir: Path) -> dict:
               "skipped_panels": sum(p.status == "skipped" for p in panels)}
     path = out_dir / f"{fig_id}.json"
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if {**old, "code_version": None} == {**json.loads(json.dumps(record, default=str)), "code_version": None}:
-        return old  # the same figure: keep the record of the code that first drew it
-    atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
-    return record
+    fresh = ({**old, "code_version": None} == {**json.loads(json.dumps(record, default=str)), "code_version": None}
+             and (out_dir / f"{fig_id}.png").is_file() and (out_dir / f"{fig_id}.csv").is_file())
+    if fresh and not force and not record["failed_panels"]:
+        return old  # the same figure: kept, with the record of the code that first drew it
+    _draw(spec, panels, caption, out_dir / f"{fig_id}.png")
+    atomic_write_text(out_dir / f"{fig_id}.csv", pd.DataFrame([p.record(fig_id) for p in panels]).to_csv(index=False))
+    if not fresh:
+        atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
+    return record if not fresh else old

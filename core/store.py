@@ -127,8 +127,10 @@ def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lamb
     machine (weights: reason ``skip_reason(stage)``; data: reason ``data``), a stored cell is
     kept exactly as it is, whatever its status: it was made on a machine that had the input,
     and a machine without it can neither confirm nor replace it.  With no stored cell, a
-    skipped cell is returned but not stored, so a machine without the input writes nothing.
-    Any other error is recorded as failed and the run goes on.
+    skipped cell is stored when the data is here but the weights (or detector) are not, so the
+    tables name the command that trains them; a cell whose data is absent is returned but never
+    stored, so a machine without the data writes nothing.  Any other error is recorded as failed
+    and the run goes on.
     """
     stage = {"now": "starting"}
     try:
@@ -143,11 +145,11 @@ def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lamb
             stats["kept"] += 1
             return old
         reason = "data" if isinstance(exc, DatasetMissing) else skip_reason(stage["now"])
-        cell.update(status="skipped", skip_reason=reason, error=str(exc), code_version=code_version(),
-                    created=_now())
+        cell.update(status="skipped", skip_reason=reason, error=str(exc))
         stats["skipped"] += 1
         print(f"skipped {key.id}: {exc}")
-        return cell  # not stored: a machine without the input writes nothing
+        if reason == "data":
+            return cell  # not stored: a machine without the data writes nothing
     except Exception as exc:  # a failed cell is recorded and the run goes on
         cell.update(status="failed", error=f"{type(exc).__name__} while {stage['now']}: {exc}",
                     traceback=traceback.format_exc(limit=8))

@@ -298,8 +298,8 @@ def _baseline_widths(target: int, blocks: int = 5, recursions: int = 5, channels
     return best[1]
 
 
-def build(variant: str, features: int | None = None, channels: int = 3) -> tuple[ResGuideNet, int | None]:
-    """One of ``VARIANTS`` with Xavier init; returns (module, None).
+def build(variant: str, features: int | None = None, channels: int = 3) -> ResGuideNet:
+    """One of ``VARIANTS`` with Xavier init.
 
     ``features`` overrides the width (for "baseline" it sets one uniform width instead of the
     parameter-matched widths). ``channels`` is the image channel count (1 for a grayscale denoiser).
@@ -321,4 +321,4 @@ def build(variant: str, features: int | None = None, channels: int = 3) -> tuple
         net = ResGuideNet(features=widths, residual_reuse=False, merge=False, channels=c)
     else:
         raise ValueError(f"unknown ResGuideNet variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    return net, None
+    return net

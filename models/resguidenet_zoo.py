@@ -80,7 +80,7 @@ def _channels_of(meta: dict | None) -> int:
 def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim: bool = True):
     def factory(weights, profile, data_root):
         def make(channels: int = 3):
-            return build(variant, channels=channels)[0]
+            return build(variant, channels=channels)
 
         if weights.kind == "init":
             net, info = make(), {"tag": "init"}

@@ -179,7 +179,7 @@ def test_dncnn_starts_with_the_authors_small_batch_norm_gammas():
 
 
 def test_grey_resguidenet_keeps_the_blocks_and_loads_from_a_file(tmp_path):
-    grey, rgb = build("resguidenet", channels=1)[0], build("resguidenet")[0]
+    grey, rgb = build("resguidenet", channels=1), build("resguidenet")
     assert grey.num_blocks == rgb.num_blocks and grey.widths == rgb.widths and grey.recursions == rgb.recursions
     assert grey.blocks[2].extract.in_channels == 3 and grey.merge.out_channels == 1
     assert grey(torch.rand(1, 1, 12, 12)).shape == (1, 1, 12, 12)

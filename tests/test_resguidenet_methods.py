@@ -37,7 +37,7 @@ def test_params_report_ours_and_the_papers(capsys):
 
 
 def test_exit_k_uses_the_same_weights_as_the_full_model(tmp_path):
-    net = build("resguidenet")[0]
+    net = build("resguidenet")
     path = tmp_path / "w.pt"
     save_weights(net, path, {"training_data": "test"})
     x = torch.rand(1, 3, 20, 24)
@@ -52,7 +52,7 @@ def test_exit_k_uses_the_same_weights_as_the_full_model(tmp_path):
 
 def test_weights_that_do_not_fit_name_the_first_tensor(tmp_path):
     path = tmp_path / "other.pt"
-    save_weights(build("baseline")[0], path, {})
+    save_weights(build("baseline"), path, {})
     with pytest.raises(ValueError, match=r"other\.pt.*blocks\.0"):
         registry.load("resguidenet", str(path))
     with pytest.raises(FileNotFoundError, match="neither a tag"):
@@ -95,7 +95,7 @@ def test_a_derived_record_is_remade_when_its_weights_change(no_weights):
 
 
 def test_auto_exit_stops_when_the_output_settles():
-    net = build("resguidenet")[0]
+    net = build("resguidenet")
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         never = AutoExit(net, 0.0)
@@ -105,7 +105,7 @@ def test_auto_exit_stops_when_the_output_settles():
 
 
 def test_auto_exit_calibration_keeps_within_tolerance():
-    net = build("resguidenet")[0]
+    net = build("resguidenet")
     sampler = PatchSampler([img for _, img in clean_images("train", 64)], rain="light", patch=32, seed=0)
     record = calibrate(net, sampler, n_patches=8, tolerance_db=0.1, batch=4)
     assert record["psnr_loss_db"] <= 0.1 and 2 <= record["mean_blocks"] <= 5 and record["n_patches"] == 8

@@ -17,8 +17,7 @@ def _block_params(k, f=16, reuse=True):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_shapes_per_variant(variant):
-    net, extra = build(variant)
-    assert extra is None
+    net = build(variant)
     with torch.no_grad():
         out = net(_x())
         outs = net.forward_all(_x())
@@ -28,12 +27,12 @@ def test_shapes_per_variant(variant):
 
 
 def test_variant_flags():
-    assert build("resguidenet")[0].merge is not None
-    assert build("baseline_rr")[0].merge is None and build("baseline_rr")[0].residual_reuse
-    assert not build("baseline")[0].residual_reuse
-    nrecur = build("resguidenet_nrecur")[0]
+    assert build("resguidenet").merge is not None
+    assert build("baseline_rr").merge is None and build("baseline_rr").residual_reuse
+    assert not build("baseline").residual_reuse
+    nrecur = build("resguidenet_nrecur")
     assert nrecur.recursions == 1 and all(b.recursions == 1 for b in nrecur.blocks)
-    assert build("resguidenet")[0].blocks[0].recursions == 5
+    assert build("resguidenet").blocks[0].recursions == 5
     with pytest.raises(ValueError):
         build("nope")
 
@@ -83,7 +82,7 @@ def test_block_inputs_follow_eq5():
 
 
 def test_param_counts_formula():
-    net = build("resguidenet")[0]
+    net = build("resguidenet")
     full = sum(_block_params(k) for k in range(1, 6)) + (15 * 3 + 3)
     three = sum(_block_params(k) for k in range(1, 4))
     assert (full, three) == (31983, 17865)
@@ -93,18 +92,18 @@ def test_param_counts_formula():
     pc3 = param_counts(net, exit_block=3)
     assert pc3["trainable"] == three and pc3["merge"] == 0
     assert pc3["paper"] == PAPER_PARAMS["resguidenet_3"]
-    assert param_counts(build("resguidenet_nrecur")[0])["trainable"] == full
+    assert param_counts(build("resguidenet_nrecur"))["trainable"] == full
 
 
 def test_baseline_matches_baseline_rr_params():
-    rr = param_counts(build("baseline_rr")[0])["trainable"]
+    rr = param_counts(build("baseline_rr"))["trainable"]
     assert rr == sum(_block_params(k) for k in range(1, 6))
-    base_net = build("baseline")[0]
+    base_net = build("baseline")
     base = param_counts(base_net)["trainable"]
     assert abs(base - rr) / rr < 0.03
     assert base_net.widths == (17, 17, 17, 18, 18)
     assert base == sum(_block_params(1, f, reuse=False) for f in base_net.widths)
-    uniform = build("baseline", features=20)[0]
+    uniform = build("baseline", features=20)
     assert uniform.widths == (20,) * 5
 
 
