@@ -38,9 +38,6 @@ from core.files import atomic_write_text
 from datasets.rainbank import pair_folder
 from benchmark.domain_gap import domain_gap_frame, write_domain_gap
 
-KINDS = ("table", "figure", "picture", "report")
-
-
 @dataclass
 class Job:
     """One run over artifacts: the profile, the data, where results go, and how much to redo."""
@@ -74,7 +71,7 @@ def _no_cells(job: Job) -> list[CellKey]:
 @dataclass(frozen=True)
 class Artifact:
     id: str
-    kind: str
+    kind: str  # "table", "figure", "picture" or "report"
     title: str
     render: Callable[[Job], list[Path]]
     cells: Callable[[Job], list[CellKey]] = _no_cells

@@ -224,7 +224,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             dets.extend(_dets_from_rows(_round_dets(o)) for o in outs)  # the stored precision
             pending.clear()
 
-        frames = DerainedFrames(cell["derainer"], winfo, rain, prof.seed, ds.info["fingerprint"]) if net else None
+        frames = DerainedFrames(cell["derainer"], winfo, rain, prof.seed, ds.info["fingerprint"]) if net is not None else None
         for i in tqdm(range(len(ds)), disable=not progress, desc=f"{cell['derainer']} on {ds.name} ({rain})"):
             img = frames.load(ds.ids[i]) if frames else None
             if img is None:

@@ -33,14 +33,13 @@ from benchmark.evaluate import evaluate
 from benchmark.runtime import measure, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
-from core.weights import denoise_tag
+from core.weights import RAIN_TAGS, denoise_tag
 from datasets.catalog import EMBEDDED, data_root_from, open_dataset
 from datasets.names import REGISTERED
 from datasets.noisy import refuse_seen_test_set
 from detectors.zoo import train_detector_cmd
 from models import provider, registry
 from models.tiling import Tiled
-from core.weights import RAIN_TAGS
 
 
 def cmd_render(job: Job, check: bool) -> int:

@@ -30,7 +30,6 @@ from torch import nn
 
 from core.errors import WeightsUnavailable
 from core.files import atomic_write_text
-from core.weights import RAIN_TAGS  # noqa: F401  (the tags the suite trains for)
 from core.layout import WEIGHTS_DIR, cache_root
 from core.profiles import get_profile
 from core.store import code_version
