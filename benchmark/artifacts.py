@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
 from benchmark import figures, table4
 from benchmark.ap_table import ap_table
-from benchmark.cells import run_cell
+from benchmark.cells import run_cells
+from benchmark.executor import Progress, make_executor
 from benchmark.detection import ap_cells, ap_dry_run
 from benchmark.figures import FIGURES, absent_data
 from benchmark.report import write_report
@@ -49,6 +48,12 @@ class Job:
     progress: bool = True
     train_missing: bool = False
     measure: bool = True   # False (render): time nothing, compute nothing
+    #: where the cells' images run (benchmark.executor): serial here, local (process pool), ray
+    executor: str = "serial"
+    workers: int | None = None
+    threads: int | None = None
+    address: str | None = None
+    shard_size: int | None = None
     stats: dict = field(default_factory=lambda: {**new_stats(), "failed_figures": 0})
 
     @property
@@ -75,7 +80,7 @@ class Artifact:
     title: str
     render: Callable[[Job], list[Path]]
     cells: Callable[[Job], list[CellKey]] = _no_cells
-    compute: Callable[[Job], None] | None = None
+    compute: Callable[[Job, Context], None] | None = None
     #: extra figures it writes that the report shows (the AP table's ap_runtime)
     report_figures: tuple[str, ...] = ()
 
@@ -110,9 +115,9 @@ def _render_table4(job: Job) -> list[Path]:
                         prof.runtime_size)
 
 
-def _compute_ap(job: Job) -> None:
-    ap_cells(job.profile.name, job.data_root, results=job.results, force=job.force, progress=job.progress,
-             train_missing=job.train_missing, stats=job.stats)
+def _compute_ap(job: Job, ctx: Context) -> None:
+    ap_cells(job.profile.name, job.data_root, results=job.results, force=job.force, progress=ctx.progress,
+             train_missing=job.train_missing, stats=job.stats, executor=ctx.executor, progress_bar=ctx.progress_bar)
 
 
 def _render_ap(job: Job) -> list[Path]:
@@ -259,14 +264,22 @@ def run(ids: list[str], job: Job) -> int:
     print(f"profile {job.profile.name}; data root {job.data_root or '(none: embedded default only)'}; "
           f"{len(keys)} cells -> {job.store.root}")
     check_writable(job.store.root, job.tables_dir, job.figures_dir)
+    ex = make_executor(job.executor, job.workers, job.threads, job.address)
+    bar = Progress(job.progress and ex.name != "serial")
     ctx = Context(profile=job.profile, data_root=job.data_root, store=job.store, force=job.force,
-                  progress=job.progress, stats=job.stats)
-    with training_allowed(job.train_missing):  # weights that were never trained are skipped unless asked
-        for key in tqdm(keys, desc="cells", unit="cell", disable=not job.progress):
-            run_cell(key, ctx)
-        for art in arts:
-            if art.compute is not None:
-                art.compute(job)
+                  progress=job.progress and ex.name == "serial", stats=job.stats, executor=ex, progress_bar=bar,
+                  shard_size=job.shard_size)
+    if ex.name != "serial":
+        print(f"executor {ex.name}: {ex.workers} workers x {ex.threads} torch threads")
+    try:
+        with training_allowed(job.train_missing):  # weights that were never trained are skipped unless asked
+            run_cells(keys, ctx)
+            for art in arts:
+                if art.compute is not None:
+                    art.compute(job, ctx)
+    finally:
+        bar.close()
+        ex.close()
     render(arts, job)
     s = job.stats
     print(f"cells: {s['computed']} computed, {s['reused']} reused, {s['kept']} kept (an input is absent here), "

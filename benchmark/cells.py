@@ -6,16 +6,26 @@ evaluates and stores a new one through :func:`core.store.settle`.
 """
 from __future__ import annotations
 
+import threading
+
+from tqdm import tqdm
+
 from benchmark.evaluate import evaluate
+from benchmark.executor import concurrently, gather
+from benchmark.shards import merge, method_module, run_shard, shard_tasks
 from core.metrics import PROTOCOL
 from core.store import CELL_FORMAT, CellKey, Context, fingerprint, settle
 from datasets.catalog import is_embedded, open_dataset
 from datasets.noisy import refuse_seen_test_set
 from models import registry
 
+#: cells whose method only the driver knows (registered in ``__main__``) evaluate here, one at a time
+_IN_DRIVER = threading.Lock()
+
 
 def run_cell(key: CellKey, ctx: Context) -> dict:
-    """Reuse the stored cell when it is fresh, else compute it; never raises for a bad input."""
+    """Reuse the stored cell when it is fresh, else compute it (its images in shards on
+    ``ctx.executor`` when that is a parallel one); never raises for a bad input."""
     prof = ctx.profile
     cell = {
         "format": CELL_FORMAT,
@@ -44,10 +54,30 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
         if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not ctx.force:
             return old
         stage["now"] = "evaluating"
-        result = evaluate(net, dataset, progress=ctx.progress, desc=f"{key.method} on {key.dataset}")
+        ex = ctx.executor
+        if ex is None or ex.name == "serial":
+            result = evaluate(net, dataset, progress=ctx.progress, desc=f"{key.method} on {key.dataset}")
+        elif method_module(key.method) is None:  # registered in a user's script: no worker knows it
+            with _IN_DRIVER:  # one such cell at a time, beside the workers
+                result = evaluate(net, dataset, progress=False)
+        else:
+            tasks = shard_tasks(key, prof, ctx.data_root, dataset, winfo, ex.workers, ctx.shard_size)
+            result = merge(gather(ex, run_shard, tasks, ctx.progress_bar, size=lambda t: t.stop - t.start),
+                           key.dataset)
+            cell["shards"] = {"n": len(tasks), "executor": ex.name, "workers": result.pop("workers")}
         cell.update(status="ok", metrics=result["metrics"], per_image=result["per_image"],
                     n_images=result["n_images"], seconds=result["seconds"], dataset_info=desc,
                     weights=winfo, fingerprint=fp)
         return None
 
     return settle(key, cell, ctx.store, ctx.stats, compute)
+
+
+def run_cells(keys: list[CellKey], ctx: Context) -> list[dict]:
+    """Every cell of ``keys`` (:func:`run_cell`), in order.  With a parallel executor
+    (``ctx.executor``) the cells prepare in driver threads and their image shards run in the
+    executor's workers; each cell is still written once, by the driver."""
+    ex = ctx.executor
+    if ex is None or ex.name == "serial":
+        return [run_cell(k, ctx) for k in tqdm(keys, desc="cells", unit="cell", disable=not ctx.progress)]
+    return concurrently(lambda k: run_cell(k, ctx), keys, ex)

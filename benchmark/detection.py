@@ -23,19 +23,20 @@ per frame, so :mod:`benchmark.ap_table` computes paired intervals from the cells
 """
 from __future__ import annotations
 
-import io
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+import torch
+from tqdm.auto import tqdm
 
+from benchmark.derained import DerainedFrames
 from benchmark.evaluate import run_model, to_tensor
+from benchmark.executor import concurrently, gather
+from benchmark.shards import DerainTask, derain_shard, method_module, shard_ranges
 from core.errors import UnknownMethod
-from core.files import atomic_write
-from core.layout import RESULTS, cache_root
+from core.layout import RESULTS
 from core.metrics import to_uint8
 from core.profiles import detection_profile
 from core.store import Store, fingerprint, settle
@@ -156,7 +157,8 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
                 profile: str = "quick", data_root: Path | None = None, detector_weights: str | Path | None = None,
                 detector_config: str | Path | None = None,
                 derainer_weights: str | None = None, results: Path | None = None, force: bool = False,
-                progress: bool = False, stats: dict | None = None, batch: int = 4) -> dict:
+                progress: bool = False, stats: dict | None = None, batch: int = 4, executor=None,
+                progress_bar=None) -> dict:
     """Compute (or reuse) one detection cell; never raises for a bad input (see the module doc).
 
     ``derainer``: a registered method or ``"none"`` / ``"identity"`` (the clean and rainy
@@ -164,7 +166,9 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     ``metrics`` (``ap11_*``, ``ap40_*``, ``coco_ap``, ``coco_ap50``, ``coco_ap75``), ``ci``
     (95 % percentile bootstrap intervals over images of ``ap40_moderate`` and ``coco_ap50``),
     ``n_images``, ``n_objects`` (Car ground truths), ``seconds`` (``derain``, ``detect``) and
-    per image the ground truth and the detections.
+    per image the ground truth and the detections.  With a parallel ``executor``
+    (:mod:`benchmark.executor`) the frames are derained in shards on its workers first
+    (:func:`benchmark.shards.derain_shard`), then detected here from the cache.
     """
     stats = stats if stats is not None else {}
     for k in ("computed", "reused", "kept", "failed", "skipped"):
@@ -198,8 +202,6 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             net, winfo = None, {"tag": "none"}
         else:
             net, winfo = registry.load(derainer, _weights_path(derainer_weights), prof.name, data_root)
-            import torch
-
             net = net.to(memory_format=torch.channels_last)  # as benchmark.evaluate.evaluate: run_model's format
         fp = fingerprint({"format": DET_FORMAT, "detector": det.meta["identity"]["sha256"], "detector_name": detector,
                           "detector_config": det.meta["identity"].get("config_sha256"),
@@ -210,8 +212,6 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not force:
             return old
         stage["now"] = "detecting"
-        from tqdm.auto import tqdm
-
         t_derain = t_detect = 0.0
         dets: list[list[Object]] = []
         pending: list = []
@@ -225,6 +225,16 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             pending.clear()
 
         frames = DerainedFrames(cell["derainer"], winfo, rain, prof.seed, ds.info["fingerprint"]) if net is not None else None
+        if (frames and executor is not None and executor.name != "serial" and method_module(cell["derainer"])
+                and frames.missing(ds.ids)):
+            stage["now"] = "deraining the frames on the executor"
+            tasks = [DerainTask(cell["derainer"], _weights_path(derainer_weights), dataset, rain, prof.name,
+                                str(data_root) if data_root else None, a, b, str(frames.root), ds.info["fingerprint"],
+                                fingerprint(winfo), method_module(cell["derainer"]))
+                     for a, b in shard_ranges(len(ds), executor.workers)]
+            done = gather(executor, derain_shard, tasks, progress_bar, size=lambda t: t.stop - t.start)
+            t_derain += sum(r["seconds"] for r in done)
+            stage["now"] = "detecting"
         for i in tqdm(range(len(ds)), disable=not progress, desc=f"{cell['derainer']} on {ds.name} ({rain})"):
             img = frames.load(ds.ids[i]) if frames else None
             if img is None:
@@ -328,43 +338,11 @@ MISSING = ("no stored cell: not computed yet, or an input (data, derainer weight
            "run; `python -m benchmark.run table ap` computes it or says what is absent")
 
 
-class DerainedFrames:
-    """Derained frames cached as PNG per (derainer, weights, rain, seed, dataset), so that a
-    second detector, or a rerun, reuses them instead of deraining again (a derainer takes up to
-    seconds per KITTI frame on a CPU).  ``hits`` counts the frames read back."""
-
-    def __init__(self, derainer: str, weights: dict, rain: str, seed: int, dataset_fingerprint: str):
-        key = fingerprint({"derainer": derainer, "weights": weights, "rain": rain, "seed": seed,
-                           "dataset": dataset_fingerprint})[:20]
-        self.root = cache_root() / "derained" / f"{derainer}-{rain}-{key}"
-        self.hits = 0
-
-    def _path(self, image_id: str) -> Path:
-        return self.root / f"{image_id}.png"
-
-    def load(self, image_id: str) -> np.ndarray | None:
-        path = self._path(image_id)
-        if not path.is_file():
-            return None
-        try:
-            with Image.open(path) as im:
-                img = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-        except OSError:
-            return None  # a damaged cache file: derained again and rewritten
-        self.hits += 1
-        return img
-
-    def save(self, image_id: str, img: np.ndarray) -> None:
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        atomic_write(self._path(image_id), lambda fh: fh.write(buf.getvalue()), binary=True)
-
-
 def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
              detector_weights: str | Path | None = None, results: Path | None = None, force: bool = False,
              progress: bool = False, train_missing: bool = False, datasets=("roads", "KITTI"),
              rains=("light", "heavy"), derainers=DEFAULT_DERAINERS, stats: dict | None = None,
-             compute: bool = True) -> list[tuple]:
+             compute: bool = True, executor=None, progress_bar=None) -> list[tuple]:
     """[(dataset, rain, rows, cells)]: the AP table's cells, computed (or reused) with
     :func:`detect_cell`, or with ``compute=False`` read from the store as they are (a missing
     cell comes back as ``{"status": "missing"}``)."""
@@ -377,9 +355,12 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
         for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
             det_name = detector or STUDY_DETECTORS.get(dataset, DEFAULT_DETECTOR)
             if compute:
-                cells = [detect_cell(r.derainer, dataset, r.rain, det_name, profile=prof.name, data_root=data_root,
-                                     detector_weights=detector_weights, derainer_weights=r.weights,
-                                     results=results, force=force, progress=progress, stats=stats) for r in rows]
+                def one(r, det_name=det_name, dataset=dataset):
+                    return detect_cell(r.derainer, dataset, r.rain, det_name, profile=prof.name, data_root=data_root,
+                                       detector_weights=detector_weights, derainer_weights=r.weights,
+                                       results=results, force=force, progress=progress, stats=stats,
+                                       executor=executor, progress_bar=progress_bar)
+                cells = concurrently(one, rows, executor) if executor is not None else [one(r) for r in rows]
             else:
                 cells = [store.load(_Key(_row_cell_id(det_name, r, dataset)))
                          or {"status": "missing", "error": MISSING}

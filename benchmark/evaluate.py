@@ -24,13 +24,14 @@ def to_image(t: torch.Tensor) -> np.ndarray:
     return t.detach().squeeze(0).permute(1, 2, 0).double().cpu().numpy()
 
 
-def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", channels_last: bool = True) -> np.ndarray:
+def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", channels_last: bool = True,
+              device: str = "cpu") -> np.ndarray:
     """``net`` on one uint8 image; ``dtype="bfloat16"`` runs under CPU autocast (a fast path whose
     effect on the metrics is measured, not assumed), ``channels_last`` the NHWC memory format."""
-    x = to_tensor(rainy)
+    x = to_tensor(rainy).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         out = net(x).float()
     if out.shape[-2:] != rainy.shape[:2]:
@@ -39,7 +40,7 @@ def run_model(net: torch.nn.Module, rainy: np.ndarray, dtype: str = "float32", c
 
 
 def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | None = None,
-             dtype: str = "float32", channels_last: bool = True, compile: bool = False) -> dict:
+             dtype: str = "float32", channels_last: bool = True, compile: bool = False, device: str = "cpu") -> dict:
     """Mean and per-image metrics of ``net`` on ``dataset``; ``seconds`` is the wall time.
 
     The default path is float32 in the channels-last memory format under ``inference_mode``:
@@ -52,6 +53,7 @@ def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | N
     """
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if compile:
@@ -62,12 +64,18 @@ def evaluate(net: torch.nn.Module, dataset, progress: bool = True, desc: str | N
               disable=not progress, unit="img", leave=False)
     measure = getattr(dataset, "metrics", image_metrics)  # denoising sets measure grey levels, not luma
     for name, rainy, clean in it:
-        values = measure(run_model(net, rainy, dtype, channels_last), clean)
+        values = measure(run_model(net, rainy, dtype, channels_last, device), clean)
         if getattr(net, "last_exit", None) is not None:  # blocks a detachable model ran for this image
             values["blocks"] = float(net.last_exit)
         per_image.append({"image": name, **values})
+    return summarize(per_image, time.perf_counter() - start, getattr(dataset, "name", dataset))
+
+
+def summarize(per_image: list[dict], seconds: float, name="the dataset") -> dict:
+    """Mean metrics over ``per_image`` in its order, as :func:`evaluate` returns them; the merge of
+    a cell's shards (:mod:`benchmark.shards`) calls it on their concatenation, so a sharded cell
+    has the serial cell's mean to the last bit."""
     if not per_image:
-        raise ValueError(f"dataset {getattr(dataset, 'name', dataset)!r} yielded no images")
+        raise ValueError(f"dataset {name!r} yielded no images")
     means = {m: float(np.mean([p[m] for p in per_image])) for m in per_image[0] if m != "image"}
-    return {"metrics": means, "per_image": per_image, "n_images": len(per_image),
-            "seconds": time.perf_counter() - start}
+    return {"metrics": means, "per_image": per_image, "n_images": len(per_image), "seconds": seconds}

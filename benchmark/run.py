@@ -30,6 +30,7 @@ from benchmark.artifacts import ARTIFACTS, Job, get_artifact
 from benchmark.check import run_check
 from benchmark.detection import contract, detect_cell
 from benchmark.evaluate import evaluate
+from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLock, make_executor
 from benchmark.runtime import measure, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
@@ -204,7 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
         p.add_argument("--no-progress", dest="progress", action="store_false")
 
+    def scale(p):
+        p.add_argument("--executor", default=DEFAULT_EXECUTOR, choices=EXECUTORS,
+                       help="where the cells' images run: serial (this process), local (a process pool; the "
+                            "default) or ray (a Ray cluster, pip install '.[ray]')")
+        p.add_argument("--workers", type=_at_least(1), default=None,
+                       help="local / ray: worker processes (default: the CPU count over --threads)")
+        p.add_argument("--threads", type=_at_least(1), default=None,
+                       help="torch threads per task (default 1 in local / ray workers; serial: torch's default)")
+        p.add_argument("--address", default=None, help="ray: the cluster's address (default: start one here)")
+        p.add_argument("--shard-size", type=_at_least(1), default=None,
+                       help="images per shard (default: about 4 shards per worker and cell)")
+
     def batch(p):
+        scale(p)
         p.add_argument("--force", action="store_true", help="recompute fresh cells too")
         p.add_argument("--dry-run", action="store_true", help="list the cells and their state; compute nothing")
         p.add_argument("--train-missing", action="store_true",
@@ -292,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs pip install .[mmdet])")
     p.add_argument("--weights", default=None, help="derainer weights tag or path (default: matches the rain)")
     p.add_argument("--force", action="store_true", help="recompute a fresh cell too")
+    scale(p)
     common(p)
     p = sub.add_parser("train-detector", help="train the detection study's detector on the road scenes (resumes)")
     p.add_argument("--detector", default=None)
@@ -323,10 +338,17 @@ def cmd_rain_stats(job: Job) -> int:
 def cmd_detect(args) -> int:
     """One detection cell; prints its summary as one JSON line (exit 2 when skipped or failed)."""
     get_profile(args.profile)
-    cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
-                       data_root=data_root_from(args.data_root), detector_weights=args.detector_weights,
-                       derainer_weights=args.weights, results=args.results, force=args.force,
-                       progress=args.progress, detector_config=args.detector_config)
+    ex = make_executor(args.executor, args.workers, args.threads, args.address)
+    bar = Progress(args.progress and ex.name != "serial", unit="frame", desc="frames")
+    try:
+        cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
+                           data_root=data_root_from(args.data_root), detector_weights=args.detector_weights,
+                           derainer_weights=args.weights, results=args.results, force=args.force,
+                           progress=args.progress, detector_config=args.detector_config, executor=ex,
+                           progress_bar=bar)
+    finally:
+        bar.close()
+        ex.close()
     print(json.dumps(contract(cell)))
     if cell["status"] != "ok":
         if cell["status"] == "skipped":  # a failed cell was reported when it failed
@@ -358,8 +380,12 @@ def main(argv=None) -> int:
             else:
                 ids = [get_artifact(args.figure_id, "figure", "picture").id]
             job = Job(get_profile(args.profile), data_root_from(args.data_root), args.results, args.force,
-                      args.progress, args.train_missing)
-            return artifacts.dry_run([ARTIFACTS[i] for i in ids], job) if args.dry_run else artifacts.run(ids, job)
+                      args.progress, args.train_missing, executor=args.executor, workers=args.workers,
+                      threads=args.threads, address=args.address, shard_size=args.shard_size)
+            if args.dry_run:
+                return artifacts.dry_run([ARTIFACTS[i] for i in ids], job)
+            with ResultsLock(args.results):
+                return artifacts.run(ids, job)
         if args.command == "list":
             return cmd_list()
         if args.command == "score":
@@ -382,7 +408,8 @@ def main(argv=None) -> int:
             return cmd_rain_stats(Job(get_profile(DEFAULT_PROFILE), data_root_from(args.data_root), args.results,
                                       progress=False))
         if args.command == "detect":
-            return cmd_detect(args)
+            with ResultsLock(args.results):
+                return cmd_detect(args)
         if args.command == "train-detector":
             return cmd_train_detector(args)
     except (ValueError, LookupError, OSError) as exc:

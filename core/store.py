@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -91,6 +92,11 @@ class Context:
     force: bool = False
     progress: bool = True
     stats: dict = field(default_factory=lambda: new_stats())
+    #: where a cell's images run (benchmark.executor; None = in this process), the run's one
+    #: progress display for them, and the images per shard (None = the executor's default)
+    executor: object | None = None
+    progress_bar: object | None = None
+    shard_size: int | None = None
 
 
 
@@ -119,6 +125,15 @@ def _now() -> str:
 
 
 
+_STATS_LOCK = threading.Lock()
+
+
+def count(stats: dict, what: str) -> None:
+    """``stats[what] += 1``, safe when cells settle in several driver threads."""
+    with _STATS_LOCK:
+        stats[what] = stats.get(what, 0) + 1
+
+
 def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lambda stage: "weights") -> dict:
     """Run ``compute(stage)`` for one cell and store the outcome; never raises for a bad input.
 
@@ -136,24 +151,24 @@ def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lamb
     try:
         reused = compute(stage)
         if reused is not None:
-            stats["reused"] += 1
+            count(stats, "reused")
             return reused
-        stats["computed"] += 1
+        count(stats, "computed")
     except (WeightsUnavailable, DatasetMissing) as exc:
         old = store.load(key)
         if old is not None:
-            stats["kept"] += 1
+            count(stats, "kept")
             return old
         reason = "data" if isinstance(exc, DatasetMissing) else skip_reason(stage["now"])
         cell.update(status="skipped", skip_reason=reason, error=str(exc))
-        stats["skipped"] += 1
+        count(stats, "skipped")
         print(f"skipped {key.id}: {exc}")
         if reason == "data":
             return cell  # not stored: a machine without the data writes nothing
     except Exception as exc:  # a failed cell is recorded and the run goes on
         cell.update(status="failed", error=f"{type(exc).__name__} while {stage['now']}: {exc}",
                     traceback=traceback.format_exc(limit=8))
-        stats["failed"] += 1
+        count(stats, "failed")
         print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
     cell.update(code_version=code_version(), created=_now())
     store.save(cell)

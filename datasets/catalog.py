@@ -1,6 +1,7 @@
 """Open a dataset by name: the embedded default or a real paired folder under the data root."""
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -48,3 +49,22 @@ def open_dataset(name: str, data_root: Path | None, size: int, seed: int, limit:
 
 def is_embedded(name: str) -> bool:
     return name.lower() in EMBEDDED
+
+
+def image_range(dataset, start: int, stop: int):
+    """The images ``[start, stop)`` of ``dataset`` as a dataset of the same kind, whose images
+    (and per-image rain or noise, seeded by image name) are exactly those of the whole set; a
+    cell's shards are such ranges (:mod:`benchmark.shards`)."""
+    n = len(dataset)
+    if not 0 <= start < stop <= n:
+        raise ValueError(f"image range [{start}, {stop}) is outside the {n} images of {getattr(dataset, 'name', dataset)}")
+    part = copy.copy(dataset)
+    if isinstance(dataset, FolderPairs):
+        part.pairs = dataset.pairs[start:stop]
+    elif isinstance(dataset, NoisyImages):
+        part.files = dataset.files[start:stop]
+    elif isinstance(dataset, EmbeddedPairs):
+        part.select(start, stop)
+    else:
+        raise TypeError(f"cannot take an image range of {type(dataset).__name__}")
+    return part

@@ -184,12 +184,21 @@ class EmbeddedPairs:
         rain_label = rain if isinstance(rain, str) else "custom"
         self.name = f"embedded-{rain_label}" + ("-train" if split == "train" else "")
         self._pairs: list[tuple[str, np.ndarray, np.ndarray]] | None = None
+        self._range: tuple[int, int] | None = None
+
+    def select(self, start: int, stop: int) -> None:
+        """Keep the pairs ``[start, stop)`` only (same images and rain as in the whole set)."""
+        self._range = (int(start), int(stop))
+        if self._pairs is not None:  # already generated (a copy of a used set): slice it
+            self._pairs = self._pairs[start:stop]
 
     def _generate(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         if self._pairs is None:
             images = clean_images(self.split, self.size)
             if self.limit is not None:
                 images = images[: self.limit]
+            if self._range is not None:
+                images = images[self._range[0]:self._range[1]]
             pairs = []
             for name, clean in images:
                 rainy = add_rain(clean, self.rain, seed=image_seed(self.seed, name))
@@ -199,7 +208,8 @@ class EmbeddedPairs:
 
     def __len__(self) -> int:
         n = len(_split_names(self.split))
-        return n if self.limit is None else min(n, self.limit)
+        n = n if self.limit is None else min(n, self.limit)
+        return n if self._range is None else max(0, min(n, self._range[1]) - self._range[0])
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         for name, rainy, clean in self._generate():

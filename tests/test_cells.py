@@ -122,7 +122,8 @@ RESUME_SCRIPT = textwrap.dedent("""
     artifacts.ARTIFACTS["resume"] = artifacts.table_artifact(tables.TableSpec(
         id="resume", title="resume test", rows=("embedded-light", "embedded-heavy"),
         columns=(tables.Column("test_slow", "Slow"),)))
-    sys.exit(main(["table", "resume", "--profile", "smoke", "--results", sys.argv[1], "--no-progress"]))
+    sys.exit(main(["table", "resume", "--profile", "smoke", "--results", sys.argv[1], "--no-progress",
+                   "--executor", "serial"]))
 """)
 
 
