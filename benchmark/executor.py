@@ -29,6 +29,8 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from benchmark.runtime import prepare_cpu
+
 EXECUTORS = ("serial", "local", "ray")
 DEFAULT_EXECUTOR = "local"
 #: retries of a task whose worker died
@@ -55,6 +57,9 @@ def default_split(executor: str, workers: int | None, threads: int | None) -> tu
 
 
 def _init_worker(threads: int) -> None:
+    """A worker starts as the CLI does (denormals flushed, the allocator tuned: the same numbers
+    and speed), with ``threads`` torch threads."""
+    prepare_cpu()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
 

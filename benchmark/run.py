@@ -1,6 +1,7 @@
 """Command line of the suite: ``python -m benchmark.run COMMAND``.
 
     all     [--profile P] [--data-root DIR] [--force] [--dry-run] [--train-missing]   every table and figure
+            [--executor serial|local|ray] [--workers N] [--threads T] [--address ADDR] [--shard-size N]
     table   ID [same options]                                      one table
     figure  ID [same options]                                      one figure (PNG)
     list                                                           tables, methods, datasets, profiles

@@ -149,11 +149,15 @@ TABLES: dict[str, TableSpec] = {
     ),
     "rain_sources": TableSpec(
         id="rain_sources",
-        title="ResGuideNet trained on the suite's first rain and on rain fitted to real training pairs",
+        title="Derainers trained on the suite's first rain and on rain fitted to real training pairs",
         rows=("Rain100L", "Rain100H", "embedded-light", "embedded-heavy"),
         columns=(Column("identity", "Rainy images"),
                  Column("resguidenet", "ResGuideNet (light / heavy rain)", weights="{rain}"),
-                 Column("resguidenet", "ResGuideNet (light-real / heavy-real rain)", weights="{rain}-real")),
+                 Column("resguidenet", "ResGuideNet (light-real / heavy-real rain)", weights="{rain}-real"),
+                 Column("ddn", "DDN (light / heavy)", weights="{rain}"),
+                 Column("ddn", "DDN (light-real / heavy-real)", weights="{rain}-real"),
+                 Column("jorder", "JORDER (light / heavy)", weights="{rain}"),
+                 Column("jorder", "JORDER (light-real / heavy-real)", weights="{rain}-real")),
         paper={("Rain100L", "resguidenet"): (33.16, 0.963), ("Rain100H", "resguidenet"): (25.25, 0.841),
                ("Rain100L", "identity"): (26.90, 0.838), ("Rain100H", "identity"): (13.56, 0.379)},
         note="light-real / heavy-real: the streak shape fitted to 12 of the 18 real RainTrainH training pairs "
