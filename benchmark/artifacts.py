@@ -191,10 +191,9 @@ def _render_report(job: Job) -> list[Path]:
     tables = [a.id for a in ARTIFACTS.values() if a.kind == "table"]
     figs = [a.id for a in ARTIFACTS.values() if a.kind in ("figure", "picture")]
     figs += [f for a in ARTIFACTS.values() for f in a.report_figures]
-    scale = job.results / "runtime" / "scale_out.json"
+    scale = sorted((job.results / "runtime").glob("scale_out*.json")) if job.profile.name == "quick" else []
     return [write_report(report_path(job.results, job.profile.name), job.profile.name, job.tables_dir,
-                         job.figures_dir, tables, figs,
-                         scale_record=scale if job.profile.name == "quick" else None)]
+                         job.figures_dir, tables, figs, scale_records=scale)]
 
 
 ARTIFACTS: dict[str, Artifact] = {

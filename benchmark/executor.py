@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from benchmark.runtime import prepare_cpu
@@ -56,26 +57,34 @@ def default_split(executor: str, workers: int | None, threads: int | None) -> tu
     return workers, threads
 
 
+#: this worker's BLAS / OpenMP pool limits (threadpoolctl), kept for the worker's life
+_POOLS = None
+
+
 def _init_worker(threads: int) -> None:
     """A worker starts as the CLI does (denormals flushed, the allocator tuned: the same numbers
     and speed), with ``threads`` torch threads."""
+    global _POOLS
     prepare_cpu()
     torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    _POOLS = threadpool_limits(limits=threads)  # numpy's BLAS (scikit-learn in GMM) too
 
 
 class _DriverThreads:
-    """The driver's own torch work (preparing cells, detecting on derained frames) runs with the
-    tasks' thread count, so that it gives the same numbers under every executor; restored on close."""
+    """The driver's own work (preparing cells, detecting on derained frames) runs with the tasks'
+    thread count, torch's and the BLAS libraries' alike, so that it gives the same numbers under
+    every executor; restored on close."""
 
     threads: int
 
     def _pin(self) -> None:
         self._before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        self._pools = threadpool_limits(limits=self.threads)
 
     def _unpin(self) -> None:
         torch.set_num_threads(self._before)
+        self._pools.restore_original_limits()
 
 
 class SerialExecutor(_DriverThreads):

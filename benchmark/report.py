@@ -64,27 +64,29 @@ def _table_section(path: Path) -> str:
     return text
 
 
-def scale_out_section(record_path: Path | None) -> list[str]:
-    """The executors' measured speed-up (``python -m benchmark.scale_bench``), from its stored record."""
-    if record_path is None or not Path(record_path).exists():
+def scale_out_section(records: list[Path]) -> list[str]:
+    """The executors' measured speed-ups (``python -m benchmark.scale_bench``), from their stored records."""
+    recs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sorted(records)]
+    if not recs:
         return []
-    rec = json.loads(Path(record_path).read_text(encoding="utf-8"))
     lines = ["## Executors: measured speed-up", "",
-             f"Every cell of `{rec['table']}` ({rec['profile']} profile) computed from scratch by each executor on "
-             f"a {rec['cpu_count']}-core CPU: `{rec['command']}`.", "",
-             "| executor | workers × threads | seconds | speed-up | cells differing | largest per-image difference |",
-             "|---|---|---|---|---|---|"]
-    for r in rec["runs"]:
-        diff = r.get("cells_differing")
-        lines.append(f"| {r['executor']} | {r['workers']} × {r['threads']} | {r['seconds']:.0f} | "
-                     f"{r.get('speedup', 1.0):.2f}× | {'–' if diff is None else len(diff)} | "
-                     f"{'–' if diff is None else format(r['max_per_image_difference'], '.1e')} |")
-    return lines + ["", "Differences are against the first row; the same `--threads` gives identical cells "
-                        "(docs/scale-out.md).", ""]
+             "Every cell of the table computed from scratch by each executor, one after another, on this "
+             "suite's CPU machine; speed-up and differences are against the first row of each command "
+             "(docs/scale-out.md).", "",
+             "| command | CPU cores | executor | workers × threads | seconds | speed-up | cells differing | "
+             "largest per-image difference |", "|---|---|---|---|---|---|---|---|"]
+    for rec in recs:
+        for r in rec["runs"]:
+            diff = r.get("cells_differing")
+            lines.append(f"| `{rec['command']}` | {rec['cpu_count']} | {r['executor']} | {r['workers']} × "
+                         f"{r['threads']} | {r['seconds']:.1f} | {r.get('speedup', 1.0):.2f}× | "
+                         f"{'–' if diff is None else len(diff)} | "
+                         f"{'–' if diff is None else format(r['max_per_image_difference'], '.1e')} |")
+    return lines + [""]
 
 
 def write_report(path: Path, profile: str, tables_dir: Path, figures_dir: Path, table_ids, figure_ids,
-                 scale_record: Path | None = None) -> Path:
+                 scale_records: list[Path] = ()) -> Path:
     """Gather the written tables and figures into one Markdown page at ``path``."""
     path = Path(path)
     lines = [f"# ResGuideNet reproduction: report ({profile} profile)", "",
@@ -101,7 +103,7 @@ def write_report(path: Path, profile: str, tables_dir: Path, figures_dir: Path, 
                       f"CSV and LaTeX: `{_rel(md.with_suffix('.csv'), path)}`, `{_rel(md.with_suffix('.tex'), path)}`", ""]
         else:
             lines += [f"#### {tid}", "", "(not rendered in this run)", ""]
-    lines += scale_out_section(scale_record)
+    lines += scale_out_section(list(scale_records))
     lines += ["## Figures", ""]
     for fid in figure_ids:
         png = Path(figures_dir) / f"{fid}.png"

@@ -86,7 +86,7 @@ def test_figure_drawn_on_absent_data_is_kept(tmp_path, monkeypatch, capsys):
     assert absent_data("fig5", None, figs) == [] and absent_data("fig6", None, figs) == []
     (figs / "fig12.json").write_text(json.dumps({"caption": "profile quick; data: KITTI (training frame 000006); x"}))
     assert absent_data("fig12", None, figs) == ["KITTI"]
-    monkeypatch.setattr(artifacts, "run_cell", lambda *a: pytest.fail("a kept figure's cells were computed"))
+    monkeypatch.setattr(artifacts, "run_cells", lambda keys, ctx: keys and pytest.fail("a kept figure's cells were computed"))
     before = (figs / "fig4.csv").read_bytes()
     assert main(["figure", "fig4", "--results", str(tmp_path), "--no-progress"]) == 0
     assert (figs / "fig4.csv").read_bytes() == before and not (figs / "fig4.png").exists()
@@ -170,7 +170,7 @@ def test_unwritable_results_fail_before_any_work(tmp_path, monkeypatch, capsys):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    monkeypatch.setattr(artifacts, "run_cell", lambda *a: pytest.fail("computed before the write check"))
+    monkeypatch.setattr(artifacts, "run_cells", lambda *a: pytest.fail("computed before the write check"))
     assert main(["table", "table2", "--profile", "smoke", "--results", str(blocker / "results"),
                  "--no-progress"]) == 2
     assert "cannot write results to" in capsys.readouterr().err
