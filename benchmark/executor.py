@@ -47,8 +47,9 @@ def cpu_count() -> int:
 
 def default_split(executor: str, workers: int | None, threads: int | None) -> tuple[int, int]:
     """(workers, threads per worker): the pool fills the machine's cores without oversubscribing
-    them.  Measured on a 2-core machine (docs/scale-out.md): 2 workers x 1 thread beat
-    1 x 2 on every table, so a worker gets one thread unless asked for more."""
+    them.  Measured on a 2-core machine (docs/scale-out.md, table1): 2 workers x 1 thread were
+    the fastest split, ahead of a pool of 1 x 2 and of the serial 2-thread run, so a worker gets
+    one thread unless asked for more."""
     cores = cpu_count()
     if executor == "serial":
         return 1, threads or torch.get_num_threads()
