@@ -19,7 +19,7 @@ from typing import Callable
 from benchmark import figures, table4
 from benchmark.ap_table import ap_table
 from benchmark.cells import run_cells
-from benchmark.executor import Progress, make_executor
+from benchmark.executor import Progress, make_executor, parallel
 from benchmark.detection import ap_cells, ap_dry_run
 from benchmark.figures import FIGURES, absent_data
 from benchmark.report import write_report
@@ -266,11 +266,11 @@ def run(ids: list[str], job: Job) -> int:
           f"{len(keys)} cells -> {job.store.root}")
     check_writable(job.store.root, job.tables_dir, job.figures_dir)
     ex = make_executor(job.executor, job.workers, job.threads, job.address)
-    bar = Progress(job.progress and ex.name != "serial")
+    bar = Progress(job.progress and parallel(ex))
     ctx = Context(profile=job.profile, data_root=job.data_root, store=job.store, force=job.force,
-                  progress=job.progress and ex.name == "serial", stats=job.stats, executor=ex, progress_bar=bar,
+                  progress=job.progress and not parallel(ex), stats=job.stats, executor=ex, progress_bar=bar,
                   shard_size=job.shard_size)
-    if ex.name != "serial":
+    if parallel(ex):
         print(f"executor {ex.name}: {ex.workers} workers x {ex.threads} torch threads")
     try:
         with training_allowed(job.train_missing):  # weights that were never trained are skipped unless asked

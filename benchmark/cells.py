@@ -11,7 +11,7 @@ import threading
 from tqdm import tqdm
 
 from benchmark.evaluate import evaluate
-from benchmark.executor import concurrently, gather
+from benchmark.executor import concurrently, gather, parallel
 from benchmark.shards import merge, method_module, run_shard, shard_tasks
 from core.metrics import PROTOCOL
 from core.store import CELL_FORMAT, CellKey, Context, fingerprint, settle
@@ -55,7 +55,7 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
             return old
         stage["now"] = "evaluating"
         ex = ctx.executor
-        if ex is None or ex.name == "serial":
+        if not parallel(ex):
             result = evaluate(net, dataset, progress=ctx.progress, desc=f"{key.method} on {key.dataset}")
         elif method_module(key.method) is None:  # registered in a user's script: no worker knows it
             with _IN_DRIVER:  # one such cell at a time, beside the workers
@@ -77,7 +77,6 @@ def run_cells(keys: list[CellKey], ctx: Context) -> list[dict]:
     """Every cell of ``keys`` (:func:`run_cell`), in order.  With a parallel executor
     (``ctx.executor``) the cells prepare in driver threads and their image shards run in the
     executor's workers; each cell is still written once, by the driver."""
-    ex = ctx.executor
-    if ex is None or ex.name == "serial":
+    if not parallel(ctx.executor):
         return [run_cell(k, ctx) for k in tqdm(keys, desc="cells", unit="cell", disable=not ctx.progress)]
-    return concurrently(lambda k: run_cell(k, ctx), keys, ex)
+    return concurrently(lambda k: run_cell(k, ctx), keys, ctx.executor)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from benchmark.derained import DerainedFrames
 from benchmark.evaluate import run_model, to_tensor
-from benchmark.executor import concurrently, gather
+from benchmark.executor import concurrently, gather, parallel
 from benchmark.shards import DerainTask, derain_shard, method_module, shard_ranges
 from core.errors import UnknownMethod
 from core.layout import RESULTS
@@ -225,8 +225,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             pending.clear()
 
         frames = DerainedFrames(cell["derainer"], winfo, rain, prof.seed, ds.info["fingerprint"]) if net is not None else None
-        if (frames and executor is not None and executor.name != "serial" and method_module(cell["derainer"])
-                and frames.missing(ds.ids)):
+        if frames and parallel(executor) and method_module(cell["derainer"]) and frames.missing(ds.ids):
             stage["now"] = "deraining the frames on the executor"
             tasks = [DerainTask(cell["derainer"], _weights_path(derainer_weights), dataset, rain, prof.name,
                                 str(data_root) if data_root else None, a, b, str(frames.root), ds.info["fingerprint"],
@@ -360,7 +359,7 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
                                        detector_weights=detector_weights, derainer_weights=r.weights,
                                        results=results, force=force, progress=progress, stats=stats,
                                        executor=executor, progress_bar=progress_bar)
-                cells = concurrently(one, rows, executor) if executor is not None else [one(r) for r in rows]
+                cells = concurrently(one, rows, executor)
             else:
                 cells = [store.load(_Key(_row_cell_id(det_name, r, dataset)))
                          or {"status": "missing", "error": MISSING}

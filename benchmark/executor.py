@@ -267,6 +267,11 @@ class Progress:
         self._bar.close()
 
 
+def parallel(executor) -> bool:
+    """Whether ``executor`` runs tasks outside this process (not None, not serial)."""
+    return executor is not None and executor.name != "serial"
+
+
 def gather(executor, fn, tasks: list, progress: Progress | None = None, size=lambda t: 1) -> list:
     """Run ``fn`` on every task through ``executor``; the results in task order.  Raises the
     first task's error after every task has ended (so no worker is left writing)."""
@@ -286,7 +291,7 @@ def concurrently(fn, items: list, executor) -> list:
     """``[fn(x) for x in items]``; with a parallel executor each call runs in its own driver
     thread (it prepares its cell, then waits on its shards), in this thread's context (so
     :func:`models.provider.training_allowed` holds there too).  Results in item order."""
-    if executor.name == "serial" or len(items) <= 1:
+    if not parallel(executor) or len(items) <= 1:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(16, len(items)), thread_name_prefix="cell") as pool:
         futures = [pool.submit(contextvars.copy_context().run, fn, x) for x in items]

@@ -31,7 +31,7 @@ from benchmark.artifacts import ARTIFACTS, Job, get_artifact
 from benchmark.check import run_check
 from benchmark.detection import contract, detect_cell
 from benchmark.evaluate import evaluate
-from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLock, make_executor
+from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLock, make_executor, parallel
 from benchmark.runtime import measure, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
@@ -340,7 +340,7 @@ def cmd_detect(args) -> int:
     """One detection cell; prints its summary as one JSON line (exit 2 when skipped or failed)."""
     get_profile(args.profile)
     ex = make_executor(args.executor, args.workers, args.threads, args.address)
-    bar = Progress(args.progress and ex.name != "serial", unit="frame", desc="frames")
+    bar = Progress(args.progress and parallel(ex), unit="frame", desc="frames")
     try:
         cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
                            data_root=data_root_from(args.data_root), detector_weights=args.detector_weights,

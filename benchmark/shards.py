@@ -10,7 +10,7 @@ run (:func:`benchmark.evaluate.summarize`), so the merged cell is the serial cel
 per-image values, same means, same fingerprint.
 
 The detection study shards its slow part, deraining the frames: :func:`derain_shard` writes a
-range of frames into the derained-frame cache (:class:`benchmark.detection.DerainedFrames`),
+range of frames into the derained-frame cache (:class:`benchmark.derained.DerainedFrames`),
 and the cell then detects on the cached frames in the driver.
 """
 from __future__ import annotations
@@ -92,6 +92,10 @@ def _method(method: str, weights: str | None, profile: str, data_root: str | Non
         return registry.load(method, weights, profile, Path(data_root) if data_root else None)
 
 
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _check(what: str, here: str, driver: str, where: str) -> None:
     if here != driver:
         raise ValueError(f"{what} differ on worker {socket.gethostname()} from the driver's ({where}): the data "
@@ -107,8 +111,7 @@ def run_shard(task: ShardTask) -> dict:
     _check("the weights", fingerprint(winfo), task.weights_fingerprint, f"{task.method} {task.weights}")
     part = image_range(dataset, task.start, task.stop)
     result = evaluate(net, part, progress=False, device=task.device)
-    return {"per_image": result["per_image"], "seconds": result["seconds"],
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {"per_image": result["per_image"], "seconds": result["seconds"], "worker": _worker_id()}
 
 
 def shard_tasks(key, prof, data_root: Path | None, dataset, winfo: dict, workers: int, size: int | None = None,
@@ -172,4 +175,4 @@ def derain_shard(task: DerainTask) -> dict:
         img = rainy([ds.image(i)], task.rain, seed, ids=[ds.ids[i]])[0]
         save_frame(path, to_uint8(run_model(net, img)))
         done += 1
-    return {"frames": done, "seconds": time.perf_counter() - start, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {"frames": done, "seconds": time.perf_counter() - start, "worker": _worker_id()}
