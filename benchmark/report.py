@@ -39,7 +39,9 @@ DIFFERENCES = (
     "JORDER: the authors released only the single-image network on Y (a 12-layer residual CNN, no rain mask "
     "or recurrence), so that is the JORDER we score and train; its CVPR'17 release has no training code, so "
     "ours trains with the recipe of their later JORDER-E release (Adam 1e-4, L1). DID-MDN is implemented "
-    "from the authors' test code but neither trained here nor scored: its weights are not available here.",
+    "from the authors' test code and trained here in their three stages (residual net, density classifier, "
+    "generator) on the suite's labelled light/medium/heavy rain, without the generator's VGG16 perceptual "
+    "loss (no VGG16 weights here); the authors' weights are not available here.",
     "Picture figures (fig3, fig5, fig7, fig10, fig12) show our models on the first images of each set, "
     "not the paper's chosen examples; Fig. 11 (real rainy photographs without ground truth) is not "
     "drawn, as the data here holds none.",

@@ -43,6 +43,8 @@ __all__ = [
     "RainParams",
     "PRESETS",
     "DDN_PRESET_NAMES",
+    "DENSITY_PRESETS",
+    "density_choice",
     "HEAVY_REAL_FIT",
     "LIGHT_REAL_FIT",
     "real_rain_params",
@@ -285,7 +287,16 @@ PRESETS: dict[str, RainParams] = {
 }
 
 
-MIXTURES = ("ddn",)  # names add_rain accepts besides the presets: a per-image choice of presets
+MIXTURES = ("ddn", "density")  # names add_rain accepts besides the presets: a per-image choice of presets
+
+#: The "density" mixture (DID-MDN's three labelled densities): each image gets one of these presets,
+#: in the order of DID-MDN's class indices (0 heavy, 1 medium, 2 light).
+DENSITY_PRESETS: tuple[str, ...] = ("heavy", "medium", "light")
+
+
+def density_choice(seed: int) -> int:
+    """The index into DENSITY_PRESETS that ``add_rain(img, "density", seed)`` renders."""
+    return int(np.random.default_rng([int(seed), 3]).integers(len(DENSITY_PRESETS)))
 
 
 def validate(rain: str | RainParams) -> None:
@@ -447,6 +458,8 @@ def add_rain(clean: np.ndarray, rain: str | RainParams, seed: int) -> np.ndarray
     """
     if rain == "ddn":  # DDN's mixture: each image gets one of the 14 orientation/magnitude types
         rain = DDN_PRESET_NAMES[np.random.default_rng([seed, 14]).integers(len(DDN_PRESET_NAMES))]
+    elif rain == "density":  # DID-MDN's labelled mixture: heavy, medium or light, one per image
+        rain = DENSITY_PRESETS[density_choice(seed)]
     params = resolve(rain)
     img = as_unit_float(clean)
     if img.ndim == 3:

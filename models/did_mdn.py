@@ -45,14 +45,14 @@ and cropped back); only the classifier still sees the residue resized to 512x512
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import WeightsUnavailable
-from models.registry import file_identity, first_mismatch, read_state_dict, register
+from models.registry import file_identity, first_mismatch, read_state_dict
 
 #: The authors' checkpoints, relative to a folder laid out like their repository.
 AUTHOR_FILES = {
@@ -77,10 +77,13 @@ class _BN(nn.BatchNorm2d):
     batch_stats = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_stats:  # = BN in training mode on a batch of one, image by image (test and training)
+            track = self.training and self.track_running_stats
+            return F.instance_norm(x, self.running_mean if track else None, self.running_var if track else None,
+                                   self.weight, self.bias, use_input_stats=True, momentum=self.momentum,
+                                   eps=self.eps)
         if self.training:
             return super().forward(x)
-        if self.batch_stats:  # = BN in training mode on a batch of one, image by image
-            return F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True, eps=self.eps)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
@@ -258,14 +261,35 @@ class DenseRainResidual(nn.Module):
         return torch.tanh(self.refine3(feats))
 
 
-class DensityClassifier(nn.Module):
-    """Rain-density classifier (authors' ``vgg19ca``); 512x512 input in [-1, 1] scale, 4 logits."""
+class SeededLinear(nn.Module):
+    """A linear layer fixed at a random initialisation regenerated from ``seed``: weights and bias
+    uniform in +-1/sqrt(cin) (nn.Linear's default law) from a torch CPU generator. They are buffers
+    that are not saved: a DID-MDN trained here keeps its 127896 x 512 layer (262 MB) at this draw, so
+    its weights file stays small."""
 
-    def __init__(self):
+    def __init__(self, cin: int, cout: int, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+        g = torch.Generator().manual_seed(self.seed)
+        bound = 1.0 / math.sqrt(cin)
+        self.register_buffer("weight", (torch.rand(cout, cin, generator=g) * 2 - 1) * bound, persistent=False)
+        self.register_buffer("bias", (torch.rand(cout, generator=g) * 2 - 1) * bound, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class DensityClassifier(nn.Module):
+    """Rain-density classifier (authors' ``vgg19ca``); 512x512 input in [-1, 1] scale, 4 logits.
+    With ``projection_seed`` its Linear(127896, 512) is a :class:`SeededLinear` (the suite-trained
+    model); without, an ordinary layer (the authors' weights)."""
+
+    def __init__(self, projection_seed: int | None = None):
         super().__init__()
         self.feature = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1), _BN(64), nn.ReLU())  # vgg19_bn.features[0:3]
         self.conv16 = nn.Conv2d(64, 24, 3, 1, 1)
-        self.dense_classifier = nn.Linear(24 * 73 * 73, 512)  # 127896
+        self.dense_classifier = (nn.Linear(24 * 73 * 73, 512) if projection_seed is None  # 127896
+                                 else SeededLinear(24 * 73 * 73, 512, projection_seed))
         self.dense_classifier1 = nn.Linear(512, 4)
 
     def forward(self, x):
@@ -301,14 +325,15 @@ class DIDMDN(nn.Module):
     authors' own key names.
     """
 
-    def __init__(self, protocol: str = "authors", bn_mode: str = "batch", stretch: bool = True):
+    def __init__(self, protocol: str = "authors", bn_mode: str = "batch", stretch: bool = True,
+                 projection_seed: int | None = None):
         super().__init__()
         if protocol not in ("authors", "native"):
             raise ValueError(f"protocol must be 'authors' or 'native', not {protocol!r}")
         self.protocol = protocol
         self.stretch = stretch
         self.generator = DenseRain()
-        self.classifier = DensityClassifier()
+        self.classifier = DensityClassifier(projection_seed)
         self.residual_net = DenseRainResidual()
         self.set_bn_mode(bn_mode)
         self.last_density: torch.Tensor | None = None  # 0 heavy, 1 medium, 2 light (3 unused)
@@ -433,22 +458,5 @@ def load_did_mdn_weights(net: DIDMDN, path: str | Path) -> dict:
     return file_identity(path)
 
 
-@register("did_mdn", paper_name="DID-MDN",
-          description="density-aware multi-stream dense network (Zhang & Patel CVPR 2018): residual net, "
-                      "rain-density classifier and 3/5/7-kernel dense-stream generator; authors' weights")
-def build_did_mdn(weights, profile, data_root):
-    net = DIDMDN()
-    if weights.kind == "init":
-        return net, {"tag": "init"}
-    if weights.kind != "path":
-        raise WeightsUnavailable(
-            "the suite does not train DID-MDN yet; pass --weights PATH to the authors' generator .pth "
-            "(and classifier): a folder holding " + ", ".join(AUTHOR_FILES.values())
-            + " (hezhangsprinter/DID-MDN), or one file with all three networks' tensors under "
-              "generator./classifier./residual_net.")
-    info = load_did_mdn_weights(net, weights.path)
-    return net, {"tag": "official", **info}
-
-
 __all__ = ["DIDMDN", "DenseRain", "DenseRainResidual", "DensityClassifier", "DenseStream",
-           "load_did_mdn_weights", "parameter_breakdown", "build_did_mdn", "AUTHOR_FILES", "DENSITY_NAMES"]
+           "load_did_mdn_weights", "parameter_breakdown", "AUTHOR_FILES", "DENSITY_NAMES", "SeededLinear"]

@@ -122,6 +122,18 @@ def find(family: str, tag: str, profile: str) -> Path | None:
     return None
 
 
+def checkpoint_path(name: str) -> Path:
+    """The cache's training checkpoint ``<name>.ckpt``. A run in progress committed to the repository
+    (``results/weights/<name>.ckpt``) is copied there first, so that it resumes."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    ckpt = CACHE_DIR / f"{name}.ckpt"
+    shipped_run = WEIGHTS_DIR / f"{name}.ckpt"
+    if not ckpt.exists() and shipped_run.exists():
+        print(f"resuming the committed run {shipped_run}", file=sys.stderr)
+        shutil.copyfile(shipped_run, ckpt)
+    return ckpt
+
+
 def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_fn: Callable, data_root,
               use_ssim: bool = True, progress: bool = True, recipe: dict | None = None) -> Path:
     """Train ``net`` (already initialised) for ``profile_name`` and cache its weights; returns the path.
@@ -154,14 +166,9 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         else:
             rain, data_desc = tag, data_desc + f"; rain synthesised by datasets.rain ({tag})"
         sampler = PatchSampler(images, rain=rain, patch=cfg.patch, seed=cfg.seed)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     opts = _TRAIN_OPTIONS.get()
     device = opts.get("device", "cpu")
-    ckpt = CACHE_DIR / f"{name}.ckpt"
-    shipped_run = WEIGHTS_DIR / f"{name}.ckpt"
-    if not ckpt.exists() and shipped_run.exists():  # a run in progress committed to the repository
-        print(f"resuming the committed run {shipped_run}", file=sys.stderr)
-        shutil.copyfile(shipped_run, ckpt)
+    ckpt = checkpoint_path(name)
     info = train(net, outputs_fn, sampler, cfg, ckpt, progress=progress and opts.get("progress", True),
                  device=device, log=lambda msg: print(msg, file=sys.stderr),
                  workers=opts.get("workers", 0), max_seconds=opts.get("max_seconds"))
@@ -177,19 +184,30 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         raise TrainingIncomplete(
             f"{family} ({_what(tag)}, {profile_name} profile) stopped at its time limit after iteration "
             f"{info['iterations']}/{cfg.iterations}; the checkpoint {ckpt} is kept and the same command resumes it")
-    meta = {
-        "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg),
-        "training_data": data_desc, "iterations": info["iterations"], "seconds": round(info["seconds"], 1),
-        "final_loss": info["final_loss"], "patches_per_s": info["patches_per_s"],
-        "command": command,
-        "device": device_name(device),
-        "code_version": code_version(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return save_trained(family, tag, profile_name, net, {
+        "config": asdict(cfg), "training_data": data_desc, "iterations": info["iterations"],
+        "seconds": round(info["seconds"], 1), "final_loss": info["final_loss"],
+        "patches_per_s": info["patches_per_s"], "command": command})
+
+
+def save_trained(family: str, tag: str, profile: str, net: nn.Module, fields: dict) -> Path:
+    """Write freshly trained weights and their ``.json`` record (``fields`` plus the family, tag,
+    profile, device, code version, torch version, threads and time) into the training cache."""
+    meta = {"family": family, "tag": tag, "profile": profile, **fields,
+            "device": device_name(_TRAIN_OPTIONS.get().get("device", "cpu")),
+            "code_version": code_version(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    name = weights_name(family, tag, profile)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
     path = CACHE_DIR / f"{name}.pt"
     save_weights(net, path, meta)
-    (CACHE_DIR / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(CACHE_DIR / f"{name}.json", json.dumps(meta, indent=1) + "\n")
     return path
+
+
+def run_options() -> dict:
+    """The options of the enclosing :func:`train_options` block (device, workers, max_seconds, progress)."""
+    return dict(_TRAIN_OPTIONS.get())
 
 
 def ship(family: str, tag: str, profile: str) -> Path:
@@ -202,23 +220,23 @@ def ship(family: str, tag: str, profile: str) -> Path:
     for suffix in (".pt", ".json", ".autoexit.json"):  # the weights, their record, derived calibrations
         if (CACHE_DIR / f"{name}{suffix}").exists():
             shutil.copyfile(CACHE_DIR / f"{name}{suffix}", WEIGHTS_DIR / f"{name}{suffix}")
-    for suffix in (".ckpt", ".ckpt.json"):  # the run is finished: drop its committed checkpoint
-        (WEIGHTS_DIR / f"{name}{suffix}").unlink(missing_ok=True)
+    for f in [*WEIGHTS_DIR.glob(f"{name}.ckpt*"), *WEIGHTS_DIR.glob(f"{name}.*.ckpt*")]:
+        f.unlink()  # the run is finished: drop its committed checkpoints
     return WEIGHTS_DIR / f"{name}.pt"
 
 
 def ship_checkpoint(family: str, tag: str, profile: str) -> Path:
-    """Copy an unfinished run's checkpoint and progress record into ``results/weights/`` so that
-    a later machine (e.g. one with a GPU) resumes it from the repository."""
+    """Copy an unfinished run's checkpoint (a staged run's: every ``<name>.<stage>.ckpt``) and progress
+    record into ``results/weights/`` so that a later machine (e.g. one with a GPU) resumes it from the
+    repository."""
     name = weights_name(family, tag, profile)
-    src = CACHE_DIR / f"{name}.ckpt"
-    if not src.exists():
-        raise FileNotFoundError(f"no training checkpoint at {src}")
+    files = sorted(CACHE_DIR.glob(f"{name}.ckpt*")) + sorted(CACHE_DIR.glob(f"{name}.*.ckpt*"))
+    if not any(f.suffix == ".ckpt" for f in files):
+        raise FileNotFoundError(f"no training checkpoint at {CACHE_DIR / (name + '.ckpt')}")
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    for suffix in (".ckpt", ".ckpt.json"):
-        if (CACHE_DIR / f"{name}{suffix}").exists():
-            shutil.copyfile(CACHE_DIR / f"{name}{suffix}", WEIGHTS_DIR / f"{name}{suffix}")
-    return WEIGHTS_DIR / f"{name}.ckpt"
+    for f in files:
+        shutil.copyfile(f, WEIGHTS_DIR / f.name)
+    return WEIGHTS_DIR / files[0].name
 
 
 def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], dict],
@@ -243,9 +261,12 @@ def derived(family: str, tag: str, profile: str, kind: str, make: Callable[[], d
 
 def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module], outputs_fn: Callable,
             data_root=None, use_ssim: bool = True, progress: bool = True,
-            recipe: dict | None = None) -> tuple[nn.Module, dict]:
+            recipe: dict | None = None, train_fn: Callable[[nn.Module], Path] | None = None
+            ) -> tuple[nn.Module, dict]:
     """A trained ``family`` model for ``tag`` (a rain type, or ``denoise[-color]-sSIGMA``) under
-    ``profile``, with its weights identity; ``recipe``: see :func:`train_now`."""
+    ``profile``, with its weights identity; ``recipe``: see :func:`train_now`. ``train_fn(net)``
+    replaces :func:`train_now` for a method that trains in its own way (DID-MDN's three stages); it
+    returns the path :func:`save_trained` wrote."""
     path = find(family, tag, profile)
     if path is None and not _TRAINING_ALLOWED.get():
         # a denoiser's command names the data root: without one it would train on the embedded images
@@ -257,7 +278,9 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
     with torch.random.fork_rng(devices=[]):  # the starting weights are a function of the seed alone
         torch.manual_seed(get_profile(profile).seed)
         net = build()
-    if path is None:
+    if path is None and train_fn is not None:
+        path = train_fn(net)
+    elif path is None:
         path = train_now(family, tag, profile, net, outputs_fn, data_root, use_ssim, progress, recipe)
     meta = load_weights(net, path)
     source = "shipped" if path.parent == WEIGHTS_DIR else "trained here (cache)"

@@ -49,8 +49,8 @@ _RESUMABLE_CHANGES = {"iterations", "ckpt_every"}
 
 
 #: Optimisers and losses a TrainConfig may name.
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
-LOSSES = ("resguide", "dncnn", "mse", "l1_y")
+OPTIMIZERS = ("rmsprop", "adam", "sgd", "adam_pix2pix")
+LOSSES = ("resguide", "dncnn", "mse", "l1_y", "l1", "cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class TrainConfig:
     Eq. 2 with ``lam`` and ``use_ssim``); "adam"/"dncnn" is DnCNN's (:func:`dncnn_loss`);
     "sgd"/"mse" is DDN's (SGD with momentum 0.9 on the mean squared error of the output);
     "adam"/"l1_y" is JORDER's (mean absolute error of the output's luma Y, MATLAB ``rgb2ycbcr``).
+    "adam_pix2pix" (Adam, betas 0.5/0.999, weight decay 5e-5) with "l1" (mean absolute error of the
+    output) or "cross_entropy" (the output is logits, the target class indices) is DID-MDN's.
     ``lr_drops``: fractions of ``iterations`` after which the learning rate is multiplied by 0.1
     (DDN: 1/3 and 2/3); the rate of a step is a function of the step alone, so a resumed run
     follows the same schedule.
@@ -123,6 +125,12 @@ class TrainConfig:
 # training
 
 
+def _to(x, device):
+    if isinstance(x, (tuple, list)):
+        return type(x)(t.to(device, non_blocking=True) for t in x)
+    return x.to(device, non_blocking=True)
+
+
 def _logger(log: Any) -> Callable[[str], None]:
     if log is None:
         return lambda msg: None
@@ -169,12 +177,19 @@ def _loss(cfg: TrainConfig, outputs: Sequence[torch.Tensor], target: torch.Tenso
 
         out = _last(outputs)
         return torch.nn.functional.l1_loss(rgb2ycbcr(out)[:, :1], rgb2ycbcr(target.to(out.dtype))[:, :1])
+    if cfg.loss == "l1":  # DID-MDN's generator and residual net (their L1 "criterionCAE")
+        out = _last(outputs)
+        return torch.nn.functional.l1_loss(out, target.to(out.dtype))
+    if cfg.loss == "cross_entropy":  # DID-MDN's density classifier: logits against class indices
+        return torch.nn.functional.cross_entropy(_last(outputs), target)
     return resguide_loss(outputs, target, lam=cfg.lam, use_ssim=cfg.use_ssim)
 
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":  # DnCNN's and JORDER-E's released training code (betas 0.9, 0.999)
         return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "adam_pix2pix":  # DID-MDN's released training scripts
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=5e-5)
     if cfg.optimizer == "sgd":  # DDN's released training code: momentum 0.9
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
     return torch.optim.RMSprop(params, lr=cfg.lr)  # ResGuideNet, section 4.1
@@ -195,7 +210,8 @@ def train(
     """Train ``net`` for cfg.iterations steps, resuming from ``ckpt_path`` if it exists.
 
     The optimiser and loss come from ``cfg`` (RMSprop on the ResGuideNet loss by default).
-    ``sampler.batch(n, step)`` gives (degraded, clean) batches: rainy or noisy inputs.
+    ``sampler.batch(n, step)`` gives (degraded, clean) batches: rainy or noisy inputs (a tensor, or a
+    tuple of tensors that ``outputs_fn`` unpacks) and the target (an image, or class indices).
     outputs_fn(net, rainy) returns the outputs to supervise (e.g. ``net.forward_all``).
     ``log`` is None, a callable taking a string, or a logging.Logger.
     ``device`` runs the steps there (the net is back on the CPU on return); ``workers``
@@ -250,7 +266,7 @@ def train(
                 checkpoint()
                 break
             rainy, clean = batches.get()
-            rainy = rainy.to(device, non_blocking=True)
+            rainy = _to(rainy, device)  # a tensor, or a tuple of them (DID-MDN: the image and its label)
             clean = clean.to(device, non_blocking=True)
             outputs = outputs_fn(net, rainy)
             loss = _loss(cfg, outputs, clean)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import models.did_mdn as did
+from models.did_mdn_train import build_did_mdn
 from core.errors import WeightsUnavailable
 from models.registry import count_parameters
 from core.weights import parse_weights
@@ -12,7 +13,7 @@ from core.weights import parse_weights
 def net():
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    built, info = did.build_did_mdn(parse_weights("init"), "smoke", None)
+    built, info = build_did_mdn(parse_weights("init"), "smoke", None)
     assert info == {"tag": "init"}
     return built.eval()
 
@@ -75,9 +76,9 @@ def test_parameter_counts(net):
     assert b["generator.used_params"] == 365_236 and b["residual_net.used_params"] == 103_609
 
 
-def test_no_weights_asks_for_the_file():
-    with pytest.raises(WeightsUnavailable, match="--weights PATH.*generator"):
-        did.build_did_mdn(parse_weights(None), "smoke", None)
+def test_official_weights_ask_for_the_authors_folder():
+    with pytest.raises(WeightsUnavailable, match="pre_trained/netG_epoch_9.pth.*generator"):
+        build_did_mdn(parse_weights("official"), "smoke", None)
 
 
 def _authors_folder(tmp_path, gen_state):
@@ -96,7 +97,7 @@ def test_wrong_shape_names_the_tensor(tmp_path):
     _authors_folder(tmp_path, state)
     with pytest.raises(ValueError, match=r"dense1\.dense_block2\.conv2\.weight: checkpoint \(16, 64, 3, 3\) "
                                          r"vs model \(16, 64, 5, 5\)"):
-        did.build_did_mdn(parse_weights(str(tmp_path)), "smoke", None)
+        build_did_mdn(parse_weights(str(tmp_path)), "smoke", None)
 
 
 def test_authors_generator_state_loads_by_name():

@@ -1,5 +1,7 @@
 import pytest
 
+from models.provider import training_allowed
+
 from core.store import CellKey, Context, Store
 from benchmark.cells import run_cell
 from core.profiles import get_profile
@@ -23,10 +25,12 @@ def test_official_weights_are_found_under_the_data_root(tmp_path):
         registry.official_weights("identity", tmp_path)
 
 
-def test_a_method_without_weights_is_skipped_not_failed(tmp_path):
-    ctx = Context(profile=get_profile("smoke"), data_root=None, store=Store(tmp_path), progress=False)
-    cell = run_cell(CellKey("did_mdn", "embedded-light"), ctx)
-    assert cell["status"] == "skipped" and cell["skip_reason"] == "weights" and "--weights" in cell["error"]
+def test_a_method_without_weights_is_skipped_not_failed(no_weights):
+    ctx = Context(profile=get_profile("smoke"), data_root=None, store=Store(no_weights), progress=False)
+    with training_allowed(False):
+        cell = run_cell(CellKey("did_mdn", "embedded-light", "density"), ctx)
+    assert cell["status"] == "skipped" and cell["skip_reason"] == "weights"
+    assert "train did_mdn --rain density" in cell["error"]
     assert ctx.stats["skipped"] == 1 and ctx.stats["failed"] == 0
 
 
