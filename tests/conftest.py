@@ -7,15 +7,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
-    # The CLI's CPU settings, made before any test starts torch's thread pool.
-    from benchmark.runtime import prepare_cpu
-
-    prepare_cpu()
-    # Nothing a test trains may land in the repository's training cache.
+    # Nothing a test trains may land in the repository's training cache: set before any import
+    # reads it (models.provider.CACHE_DIR is fixed at import).
     if not os.environ.get("RESGUIDE_CACHE"):
         import tempfile
 
         os.environ["RESGUIDE_CACHE"] = tempfile.mkdtemp(prefix="resguide-test-cache-")
+    # The CLI's CPU settings, made before any test starts torch's thread pool.
+    from benchmark.runtime import prepare_cpu
+
+    prepare_cpu()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import io
 from pathlib import Path
 
 from core.store import CellKey
-from benchmark.tables import Column, TableSpec, render_csv, render_latex, render_markdown, write_table
+from benchmark.tables import Column, TableSpec, get_table, render_csv, render_latex, render_markdown, write_table
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -79,3 +79,15 @@ def test_weights_line_names_every_weights_file_of_a_column():
     line = next(line for line in md.splitlines() if line.startswith("- Weights:"))
     assert f"M2: light ({'aa' * 6}), heavy ({'bb' * 6})" in line
     assert "M1: none;" in line  # the same file in every row is named once
+
+
+def test_real_sets_run_the_models_trained_on_the_fitted_rain():
+    t2, sources = get_table("table2"), get_table("rain_sources")
+    ddn = next(c for c in t2.columns if c.method == "ddn")
+    did = next(c for c in t2.columns if c.method == "did_mdn")
+    assert [t2.key(row, ddn).weights for row in ("Rain100L", "Rain100H", "Rain12", "embedded-light",
+                                                 "embedded-heavy")] == \
+        ["light-real", "heavy-real", "light-real", "light", "heavy"]
+    assert t2.key("Rain100H", did).weights == "density"  # one DID-MDN for every density
+    assert [sources.key("Rain100H", c).weights for c in sources.columns[1:3]] == ["heavy", "heavy-real"]
+    assert [sources.key("embedded-light", c).weights for c in sources.columns[1:3]] == ["light", "light-real"]
