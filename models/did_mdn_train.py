@@ -40,7 +40,7 @@ from core.errors import WeightsUnavailable
 from core.profiles import get_profile
 from datasets.rain import add_rain, density_choice
 from datasets.training import training_images
-from models import provider
+import models.provider as provider
 from models.did_mdn import (
     AUTHOR_FILES,
     CLASSIFIER_SIZE,
@@ -243,6 +243,7 @@ def build_did_mdn(weights, profile, data_root):
 
 build_did_mdn.family = "did_mdn"  # trained by the suite (`benchmark.run train did_mdn --rain density`)
 build_did_mdn.tasks = ("derain",)
+build_did_mdn.only_rain = "density"  # one model for every rain (models.registry.weights_for_rain)
 
 __all__ = ["DensityPatches", "Residues", "stage_configs", "train_stages", "build_did_mdn", "PROJECTION_SEED",
            "CLASSIFIER_SCHEDULE", "STAGES"]

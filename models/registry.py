@@ -112,7 +112,10 @@ def weights_for_rain(method: str, rain: str) -> str | None:
     deraining) take none."""
     if method in ("none", "identity"):
         return None
-    if getattr(get(method).factory, "family", None) is not None:
+    factory = get(method).factory
+    if getattr(factory, "only_rain", None) is not None:  # one model for every rain (DID-MDN: "density")
+        return factory.only_rain
+    if getattr(factory, "family", None) is not None:
         return rain if rain in ("light", "heavy") else None
     return "official" if method in OFFICIAL_WEIGHTS else None
 

@@ -78,6 +78,9 @@ def test_three_stages_train_save_and_resume(no_weights, monkeypatch):
 
 
 def test_only_the_density_mixture_and_clear_errors(no_weights):
+    from models.registry import weights_for_rain
+
+    assert weights_for_rain("did_mdn", "heavy") == weights_for_rain("did_mdn", "light") == "density"
     with pytest.raises(WeightsUnavailable, match="density"):
         dt.build_did_mdn(parse_weights("light"), "smoke", None)
     with provider.training_allowed(False), pytest.raises(WeightsUnavailable, match="train did_mdn --rain density"):
