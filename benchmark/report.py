@@ -53,8 +53,7 @@ DIFFERENCES = (
     "frames. We have no KITTI training split, so the real rows use a COCO-trained YOLOv5n (its authors' "
     "weights under the data root, never trained on KITTI) on the 101 KITTI frames here, under the suite's "
     "synthetic rain; the road-scene rows use a small Faster R-CNN trained on the embedded road scenes. "
-    "PReNet's KITTI rows are not computed (about 30 s per frame on a CPU); JORDER's frames were derained "
-    "in shards on the local executor (docs/scale-out.md).",
+    "JORDER's and PReNet's frames were derained in shards on the local executor (docs/scale-out.md).",
     "Rain: the real heavy-rain training pairs here are additive (O = min(B + S, 1)), and the first presets "
     "(light, heavy) match the published rainy-input scores but not the look of real rain. The "
     "light-real / heavy-real presets are fitted to 12 of the 18 real pairs (rain_stats, domain_gap). "
