@@ -96,8 +96,9 @@ def compare(current: dict[str, dict], reference: dict) -> tuple[list[str], list[
 
 
 def reference_document(current: dict[str, dict], old: dict | None = None) -> dict:
-    """The reference JSON for ``current``; cells that were skipped here keep their old entry."""
-    cells = dict((old or {}).get("cells", {}))
+    """The reference JSON for ``current``; cells that were skipped here keep their old entry, and cells
+    that are no longer computed at all (a table stopped asking for them) are dropped."""
+    cells = {cid: entry for cid, entry in (old or {}).get("cells", {}).items() if cid in current}
     for cid, cur in current.items():
         if cur["status"] == "skipped":
             continue

@@ -27,6 +27,15 @@ def test_compare_passes_within_tolerance_and_fails_on_drift():
     assert "psnr_y 28.0000 -> 28.0600" in failures[0] and "tolerance 0.05" in failures[0]
 
 
+def test_update_keeps_cells_skipped_here_and_drops_cells_no_longer_asked_for():
+    old = {"cells": {"identity@default__Rain100L": {"status": "ok", "metrics": {"psnr_y": 26.9}},
+                     "gone@light__Rain100L": {"status": "ok", "metrics": {"psnr_y": 27.7}}}}
+    ref = reference_document(_current(), old)
+    assert ref["cells"]["identity@default__Rain100L"]["metrics"] == {"psnr_y": 26.9}  # data absent here: kept
+    assert "gone@light__Rain100L" not in ref["cells"]  # no table asks for it: dropped, not a failure later
+    assert compare(_current(), ref)[0] == []
+
+
 def test_compare_reports_status_change_and_absent_data():
     cur = _current()
     ref = reference_document(cur)
