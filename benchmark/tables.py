@@ -32,9 +32,6 @@ class Column:
 #: datasets.rainfit); the embedded sets, rendered with the first presets, the models trained on those.
 RAIN_OF_DATASET = {"Rain100H": "heavy-real", "Rain100L": "light-real", "Rain12": "light-real",
                    "embedded-heavy": "heavy", "embedded-light": "light", "Rain1400": "ddn"}
-#: The sets of heavy rain (the ``{density}`` of a weights template; every other set is light).
-HEAVY_SETS = ("Rain100H", "embedded-heavy")
-
 
 def rain_of(dataset: str) -> str:
     """The rain tag of the derainers a table runs on ``dataset`` (``light`` for a set it does not list)."""
@@ -56,7 +53,7 @@ class TableSpec:
 
     def key(self, row: str, col: Column) -> CellKey:
         sigma = (parse_name(row) or ("", ""))[1]  # "{sigma}": the noise level of a denoising row
-        density = "heavy" if row in HEAVY_SETS else "light"
+        density = "heavy" if rain_of(row).startswith("heavy") else "light"  # the first presets' density
         weights = col.weights.format(rain=rain_of(row), density=density, sigma=sigma) if col.weights else None
         return CellKey(col.method, row, weights)
 

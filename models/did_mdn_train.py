@@ -50,8 +50,11 @@ from models.did_mdn import (
     load_did_mdn_weights,
 )
 from models.registry import register
+from models.samplers import _to_tensor, patch_rain_seed
 from models.train import TrainConfig, train
 
+#: The rain DID-MDN is trained on: the labelled mixture of datasets.rain.DENSITY_PRESETS.
+TAG = "density"
 #: The seed of the classifier's fixed 127896 x 512 projection in the models trained here.
 PROJECTION_SEED = 1234
 #: The release's optimiser and learning rate (both scripts).
@@ -63,14 +66,6 @@ CLASSIFIER_SCHEDULE = {
     "paper": {"iterations": 3000, "batch": 4, "images": 1200},
 }
 STAGES = ("residual", "classifier", "generator")
-
-
-def _tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)
-
-
-def _rain_seed(*key: int) -> int:
-    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
 
 
 class DensityPatches:
@@ -93,11 +88,11 @@ class DensityPatches:
             y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
             flip = bool(rng.random() < 0.5)
             crop = img[y:y + ch, x:x + cw]
-            seed = _rain_seed(self.seed, step, i)
-            wet = add_rain(crop, "density", seed)
+            seed = patch_rain_seed(self.seed, step, i)
+            wet = add_rain(crop, TAG, seed)
             if flip:
                 crop, wet = crop[:, ::-1], wet[:, ::-1]
-            pair = _resize(torch.stack([_tensor(wet), _tensor(crop)]), (p, p)).clamp_(0.0, 1.0)
+            pair = _resize(_to_tensor(np.stack([wet, crop])), (p, p)).clamp_(0.0, 1.0)
             rainy.append(pair[0])
             clean.append(pair[1])
             labels.append(density_choice(seed))
@@ -122,8 +117,8 @@ class Residues:
         with torch.no_grad():
             for k in tqdm(range(self.count), desc="DID-MDN residues", unit="img", disable=not self.progress):
                 img = self.images[int(rng.integers(len(self.images)))]
-                seed = _rain_seed(self.seed, k, 512)  # 3 numbers: apart from any patch's
-                x = _resize(_tensor(add_rain(img, "density", seed))[None], (CLASSIFIER_SIZE,) * 2) * 2 - 1
+                seed = patch_rain_seed(self.seed, k, 512)  # 512: never a patch index, so apart from any patch's
+                x = _resize(_to_tensor(add_rain(img, TAG, seed)[None]), (CLASSIFIER_SIZE,) * 2) * 2 - 1
                 inputs.append((x - self.net(x, torch.zeros(1)))[0])
                 labels.append(density_choice(seed))
         self.inputs, self.labels = torch.stack(inputs), torch.tensor(labels)
@@ -155,7 +150,7 @@ def stage_configs(profile: str) -> dict[str, TrainConfig]:
     (the deepest stream downsamples by 8, the pyramid pools by 32)."""
     prof = get_profile(profile)
     patch = -(-prof.train_patch // PAD_MULTIPLE) * PAD_MULTIPLE
-    common = dict(seed=prof.seed, rain="density", optimizer="adam_pix2pix", lr=LR)
+    common = dict(seed=prof.seed, rain=TAG, optimizer="adam_pix2pix", lr=LR)
     cls = CLASSIFIER_SCHEDULE[profile]
     return {
         "residual": TrainConfig(iterations=prof.train_iterations, batch=prof.train_batch, patch=patch,
@@ -171,9 +166,6 @@ def train_stages(net: DIDMDN, tag: str, profile: str, data_root) -> Path:
     """Train the three networks of ``net`` in turn (see the module docstring) and save them as one file
     through :func:`models.provider.save_trained`. Raises provider.TrainingIncomplete at the time limit
     of ``train_options`` (the finished stages and the current one's checkpoint are kept)."""
-    if tag != "density":
-        raise ValueError(f"DID-MDN learns the three labelled densities together: train it with --rain density, "
-                         f"not {tag!r}")
     cfgs = stage_configs(profile)
     opts = provider.run_options()
     progress = opts.get("progress", True)
@@ -225,10 +217,10 @@ def build_did_mdn(weights, profile, data_root):
     if weights.kind == "init":
         return DIDMDN(), {"tag": "init"}
     if weights.trained_here:
-        tag = weights.rain or "density"
-        if tag != "density":
+        tag = weights.rain or TAG
+        if tag != TAG:
             raise WeightsUnavailable(f"DID-MDN is trained on the labelled density mixture only (--weights "
-                                     f"density), not on {tag!r} rain")
+                                     f"{TAG}), not on {tag!r} rain")
         return provider.trained("did_mdn", tag, profile, _build_trained, None, data_root,
                                 train_fn=lambda net: train_stages(net, tag, profile, data_root))
     if weights.kind != "path":
@@ -243,7 +235,7 @@ def build_did_mdn(weights, profile, data_root):
 
 build_did_mdn.family = "did_mdn"  # trained by the suite (`benchmark.run train did_mdn --rain density`)
 build_did_mdn.tasks = ("derain",)
-build_did_mdn.only_rain = "density"  # one model for every rain (models.registry.weights_for_rain)
+build_did_mdn.only_rain = TAG  # one model for every rain (models.registry.weights_for_rain)
 
 __all__ = ["DensityPatches", "Residues", "stage_configs", "train_stages", "build_did_mdn", "PROJECTION_SEED",
            "CLASSIFIER_SCHEDULE", "STAGES"]

@@ -14,6 +14,11 @@ from datasets.pairs import load_pair
 from datasets.rain import add_rain, validate
 
 
+def patch_rain_seed(seed: int, step: int, i: int) -> int:
+    """The rain seed of patch ``i`` of step ``step``'s batch (a pure function of the three)."""
+    return int(np.random.SeedSequence([int(seed), int(step), int(i)]).generate_state(1)[0])
+
+
 class PatchSampler:
     """Random rainy/clean patch pairs from clean uint8 images, rain synthesised by datasets.rain.
 
@@ -74,7 +79,7 @@ class PatchSampler:
             x = int(rng.integers(w - p + 1))
             flip = bool(rng.random() < 0.5)
             crop = img[y : y + p, x : x + p]
-            rain_seed = int(np.random.SeedSequence([self.seed, int(step), i]).generate_state(1)[0])
+            rain_seed = patch_rain_seed(self.seed, step, i)
             wet = self.rain(crop, rain_seed) if callable(self.rain) else add_rain(crop, self.rain, rain_seed)
             if flip:
                 crop, wet = crop[:, ::-1], wet[:, ::-1]
