@@ -3,8 +3,9 @@
 Each figure is plain data: series of (label, methods per x position, rain type). A series'
 points are ordinary result cells, computed and reused like the tables' cells. Light-rain
 series use Rain100L when it is under the data root (else the embedded light set); heavy-rain
-series use Rain100H (else the embedded heavy set). The compute curve also times each exit
-of ResGuideNet on this machine.
+series use Rain100H (else the embedded heavy set). Each point runs the weights Table 2 runs on
+that dataset (:func:`benchmark.tables.rain_of`: the fitted-rain models on the real sets). The
+compute curve also times each exit of ResGuideNet on this machine.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark import runtime
+from benchmark.tables import rain_of
 from core.errors import DatasetError
 from core.files import atomic_write_text
 from core.store import CellKey
@@ -25,7 +27,7 @@ BLOCKS = ("1", "2", "3", "4", "5")
 class Series:
     label: str
     methods: tuple[str, ...]  # one method per x position
-    rain: str                 # "light" or "heavy": the weights and the dataset
+    rain: str                 # "light" or "heavy": the dataset (and through it the weights, weights_rain)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,11 @@ def dataset_for(rain: str, data_root) -> str:
     return f"embedded-{rain}"
 
 
+def weights_rain(rain: str, data_root) -> str:
+    """The weights tag a ``rain`` series runs: Table 2's for the dataset :func:`dataset_for` picks."""
+    return rain_of(dataset_for(rain, data_root))
+
+
 def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
     """The real datasets that the stored figure ``out_dir/ID`` was drawn on and that are not under
     ``data_root`` here.  Such a figure is kept as it is: redrawing it here would swap its data for
@@ -118,7 +125,8 @@ def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
 
 
 def keys(spec: FigureSpec, data_root) -> list[CellKey]:
-    return [CellKey(m, dataset_for(s.rain, data_root), s.rain) for s in spec.series for m in s.methods]
+    return [CellKey(m, dataset_for(s.rain, data_root), weights_rain(s.rain, data_root))
+            for s in spec.series for m in s.methods]
 
 
 # ---------------------------------------------------------------- timing for the compute curve
@@ -146,7 +154,7 @@ def frame(spec: FigureSpec, cells: dict[str, dict], data_root):
     for s in spec.series:
         ds = dataset_for(s.rain, data_root)
         for x, m in zip(spec.x, s.methods):
-            cell = cells.get(CellKey(m, ds, s.rain).id) or {}
+            cell = cells.get(CellKey(m, ds, rain_of(ds)).id) or {}
             ok = cell.get("status") == "ok"
             rows.append({"series": s.label, "x": x, "method": m, "dataset": ds, "status": cell.get("status", "not run"),
                          "value": cell["metrics"][spec.metric] if ok else float("nan")})

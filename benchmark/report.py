@@ -57,9 +57,9 @@ DIFFERENCES = (
     "Rain: the real heavy-rain training pairs here are additive (O = min(B + S, 1)), and the first presets "
     "(light, heavy) match the published rainy-input scores but not the look of real rain. The "
     "light-real / heavy-real presets are fitted to 12 of the 18 real pairs (rain_stats, domain_gap). "
-    "Tables 1 and 2 run the models trained on them on the real test sets, and the first presets' models "
-    "on the embedded sets those presets rendered; rain_sources shows both; the autoexit table, the "
-    "plotted figures and the KITTI study keep the first presets' models.",
+    "Tables 1 and 2 and the figures (the ablations included) run the models trained on them on the real "
+    "test sets, and the first presets' models on the embedded sets those presets rendered; rain_sources "
+    "shows both; the autoexit table and the KITTI study keep the first presets' models.",
 )
 
 

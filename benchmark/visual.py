@@ -17,7 +17,8 @@ images, so a reader can see what the numbers mean:
   else the shipped road-scene Faster R-CNN on a road scene.
 
 Images are the first ones of the dataset Table 2 uses for the rain (Rain100L / Rain100H when
-under the data root, else the embedded sets), so nothing is picked by hand.  Each panel shows
+under the data root, else the embedded sets), so nothing is picked by hand, and the weights are the
+ones Table 2 runs on that dataset (the fitted-rain models on the real sets).  Each panel shows
 the image's central :data:`CROP` × :data:`CROP` crop at its own resolution (rain streaks are
 lost when a whole image is shrunk) and names the PSNR/SSIM (Y) of the *whole* image, which equal
 the per-image values of the matching result cells.
@@ -40,7 +41,7 @@ import numpy as np
 
 from benchmark.evaluate import run_model, to_image, to_tensor
 from benchmark.figures import dataset_for
-from benchmark.tables import get_table, weights_label
+from benchmark.tables import get_table, rain_of, weights_label
 from core.errors import WeightsUnavailable
 from core.files import atomic_write_text
 from core.metrics import image_metrics, rgb2y, to_uint8
@@ -172,11 +173,11 @@ def _fig3(profile, data_root):
         name, rainy, clean = pairs[0]
         row = f"{rain} rain ({ds_name}, {name})"
         panels.append(_metric_panel(row, "rainy", rainy, clean, name=name, method="identity"))
-        net, info = _load("resguidenet", rain, profile, data_root)
+        net, info = _load("resguidenet", rain_of(ds_name), profile, data_root)
         prov["weights"][f"ResGuideNet ({rain})"] = info
         labels = [f"block {k}" for k in range(1, 6)] + ["merged"]
         if net is None:
-            panels += [_missing(row, lab, "resguidenet", rain, info) for lab in labels]
+            panels += [_missing(row, lab, "resguidenet", rain_of(ds_name), info) for lab in labels]
         else:
             for lab, out in zip(labels, _block_outputs(net, rainy)):
                 panels.append(_metric_panel(row, lab, out, clean, name=name, method="resguidenet",
@@ -192,11 +193,11 @@ def _fig5(profile, data_root):
     for method, label in (("baseline", "Baseline"), ("baseline_rr", "Baseline-RR")):
         row = f"{label} ({ds_name}, {name})"
         panels.append(_metric_panel(row, "rainy", rainy, clean, name=name, method="identity"))
-        net, info = _load(method, "heavy", profile, data_root)
+        net, info = _load(method, rain_of(ds_name), profile, data_root)
         prov["weights"][label] = info
         labels = [f"block {k}" for k in range(1, 6)]
         if net is None:
-            panels += [_missing(row, lab, method, "heavy", info) for lab in labels]
+            panels += [_missing(row, lab, method, rain_of(ds_name), info) for lab in labels]
         else:
             for lab, out in zip(labels, _block_outputs(net, rainy)[:5]):
                 panels.append(_metric_panel(row, lab, out, clean, name=name, method=method,
@@ -240,10 +241,10 @@ def _fig7(profile, data_root):
     mask = rain_mask(rainy, clean)
     panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
     for method, label in (("baseline_rr", "Baseline-RR"), ("baseline", "Baseline")):
-        net, info = _load(method, "heavy", profile, data_root)
+        net, info = _load(method, rain_of(ds_name), profile, data_root)
         prov["weights"][label] = info
         if net is None:
-            panels.append(_missing(f"{label} ({ds_name}, {name})", "maps", method, "heavy", info))
+            panels.append(_missing(f"{label} ({ds_name}, {name})", "maps", method, rain_of(ds_name), info))
             continue
         maps = second_layer_maps(net, rainy)
         ratio = streak_ratio(maps, mask)

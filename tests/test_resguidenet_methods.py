@@ -131,6 +131,11 @@ def test_figure_datasets_prefer_real_data(tmp_path):
     (tmp_path / "Rain100H").mkdir()
     assert figures.dataset_for("heavy", tmp_path) == "Rain100H"
     assert figures.dataset_for("light", tmp_path) == "embedded-light"
+    # the weights follow Table 2's choice for the dataset: fitted rain on the real set only
+    assert figures.weights_rain("heavy", tmp_path) == "heavy-real"
+    assert figures.weights_rain("light", tmp_path) == "light"
+    fig9 = {k.weights for k in figures.keys(figures.get_figure("fig9"), tmp_path)}
+    assert fig9 == {"heavy-real"}
 
 
 def test_real_training_pairs_take_precedence(tmp_path, monkeypatch):
