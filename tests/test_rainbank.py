@@ -199,3 +199,22 @@ def test_bank_rain_trains_through_the_patch_sampler(root):
     assert np.array_equal(rainy, again) and (rainy.astype(int) >= clean).all() and (rainy != clean).any()
     with pytest.raises(FileNotFoundError, match="data root"):
         bank_renderer("bank-heavy", None)
+
+
+def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp_path):
+    from benchmark.domain_gap import domain_gap_frame, write_domain_gap
+    from core.metrics import image_metrics
+    from models.provider import training_allowed
+
+    with training_allowed(False):
+        df = domain_gap_frame(root, profile="smoke", models=(("identity", None), ("baseline", "bank-heavy"),
+                                                                 ("ddn", "no-such.ckpt")))
+    held = load_pairs(root, names=split_names(pair_names(root))[1])
+    assert [n for n, _, _ in held] == [f"norain-{n}.png" for n in (4, 9, 11, 12, 15, 20)]
+    ident, untrained, absent = df.iloc[0], df.iloc[1], df.iloc[2]
+    assert ident["status"] == "ok" and ident["n_images"] == HOLDOUT
+    assert ident["psnr_y"] == pytest.approx(np.mean([image_metrics(r, c)["psnr_y"] for _, r, c in held]))
+    assert untrained["status"] == "skipped" and "train baseline" in untrained["note"]
+    assert absent["status"] == "skipped" and "no-such" in absent["note"]
+    md, _ = write_domain_gap(df, tmp_path)
+    assert "Not scored: baseline (bank-heavy)" in md.read_text()
