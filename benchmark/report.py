@@ -41,9 +41,9 @@ DIFFERENCES = (
     "ours trains with the recipe of their later JORDER-E release (Adam 1e-4, L1). DID-MDN is implemented "
     "from the authors' test code and trained here in their three stages (residual net, density classifier, "
     "generator) on the suite's labelled light/medium/heavy rain, without the generator's VGG16 perceptual "
-    "loss (no VGG16 weights here); the authors' weights are not available here. In the quick schedule (100 classifier steps on 120 "
-    "residues) the classifier has not learned the densities, so the generator mostly runs with the heavy "
-    "label: the column measures a DID-MDN far from converged.",
+    "loss (no VGG16 weights here); the authors' weights are not available here. In the quick schedule (400 classifier steps on 400 "
+    "residues) the classifier still confuses light rain with medium, and the generator given a heavier label "
+    "over-derains light rain: the column measures a DID-MDN far from converged.",
     "Picture figures (fig3, fig5, fig7, fig10, fig12) show our models on the first images of each set, "
     "not the paper's chosen examples; Fig. 11 (real rainy photographs without ground truth) is not "
     "drawn, as the data here holds none.",

@@ -62,7 +62,7 @@ LR = 2e-4
 #: Classifier stage per profile: steps, whole images per batch, and rained images in its set.
 CLASSIFIER_SCHEDULE = {
     "smoke": {"iterations": 4, "batch": 2, "images": 6},
-    "quick": {"iterations": 100, "batch": 4, "images": 120},
+    "quick": {"iterations": 400, "batch": 4, "images": 400},
     "paper": {"iterations": 3000, "batch": 4, "images": 1200},
 }
 STAGES = ("residual", "classifier", "generator")
