@@ -161,7 +161,11 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
                              f"{'--color' if colour else '--grey'} train {'dncnn_color' if colour else 'dncnn'}")
         tag = denoise_tag(sigma, colour)
     path = provider.find(family, tag, profile_name)
-    if path is None:
+    if path is not None:  # a changed schedule does not retrain on its own: say which file stands
+        print(f"{method} ({tag}, {profile_name}) is already trained: {path}; nothing trained. To train it again, "
+              f"move that file and its .json away (a run's checkpoint in {provider.CACHE_DIR} resumes it).",
+              file=sys.stderr)
+    else:
         try:
             with provider.train_options(device, workers, max_seconds, progress):
                 registry.load(method, tag, profile_name, data_root_from(data_root_arg))

@@ -278,6 +278,10 @@ def test_train_command_trains_and_registers_ddn(no_weights, capsys):
     assert record["config"]["optimizer"] == "sgd" and record["config"]["loss"] == "mse"
     net, info = registry.load("ddn", "light", "smoke")
     assert info["source"] == "trained here (cache)" and not net.training
+    # a second run trains nothing and names the file that stands
+    assert main(["train", "ddn", "--rain", "light", "--profile", "smoke", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "already trained" in err and "ddn-light-smoke.pt" in err and "nothing trained" in err
 
 
 def test_synthetic_checkpoint_loads_and_misfit_names_the_variable(tmp_path):
