@@ -24,6 +24,7 @@ MODELS = (
     ("resguidenet", "heavy"),
     ("resguidenet", "heavy-real"),
     ("resguidenet", "bank-heavy"),
+    ("resguidenet", "bank-mix-heavy"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
     ("jorder", "heavy"),

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from datasets.rain import as_unit_float
+from datasets.rain import add_rain, as_unit_float
 from datasets.rainstats import rain_layer
 from datasets.training import read_rgb
 
@@ -323,24 +323,18 @@ def add_bank_rain(
     return np.rint(out * 255.0).astype(np.uint8)
 
 
-# --------------------------------------------------------------------------
-# measuring rain
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# fitting heavy-real
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# calibrating light-real
-# --------------------------------------------------------------------------
-
-
 #: Training rain sources made from the bank: tag -> the bank's pairs (None: the fit pairs, the
 #: last :data:`HOLDOUT` held out).
-BANK_SOURCES = {"bank-heavy": None}
+BANK_SOURCES = {"bank-heavy": None, "bank-mix-heavy": None}
+#: Mixed sources: tag -> the datasets.rain preset that renders every other image (by its seed); the
+#: rest get the bank's real layers.
+BANK_MIX = {"bank-mix-heavy": "heavy-real"}
+
+
+def takes_bank(tag: str, seed: int) -> bool:
+    """Whether the image of ``seed`` gets the bank's rain under source ``tag`` (always for a source
+    without a mix; one in two, a function of the seed alone, for a mixed source)."""
+    return tag not in BANK_MIX or bool(np.random.default_rng([int(seed), 0xBA4C]).random() < 0.5)
 
 
 def bank_renderer(tag: str, data_root: str | Path | None):
@@ -353,6 +347,8 @@ def bank_renderer(tag: str, data_root: str | Path | None):
     bank = load_bank(data_root, BANK_SOURCES[tag])
 
     def render(clean: np.ndarray, seed: int) -> np.ndarray:
-        return add_bank_rain(clean, seed, bank)
+        if takes_bank(tag, seed):
+            return add_bank_rain(clean, seed, bank)
+        return add_rain(clean, BANK_MIX[tag], seed)
 
     return render

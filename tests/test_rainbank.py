@@ -201,6 +201,20 @@ def test_bank_rain_trains_through_the_patch_sampler(root):
         bank_renderer("bank-heavy", None)
 
 
+def test_mixed_bank_source_alternates_bank_and_preset_by_seed(root):
+    """``bank-mix-heavy``: an image takes the bank's real layers or the heavy-real preset, by its seed alone."""
+    from datasets.rainbank import takes_bank
+
+    clean = _background(48, 60, 5)
+    bank, mixed = bank_renderer("bank-heavy", root), bank_renderer("bank-mix-heavy", root)
+    picks = [takes_bank("bank-mix-heavy", seed) for seed in range(200)]
+    assert 70 < sum(picks) < 130 and all(takes_bank("bank-heavy", seed) for seed in range(20))
+    for seed in (picks.index(True), picks.index(False)):
+        expected = bank(clean, seed) if picks[seed] else add_rain(clean, "heavy-real", seed)
+        assert np.array_equal(mixed(clean, seed), expected)
+        assert np.array_equal(mixed(clean, seed), mixed(clean, seed))
+
+
 def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp_path):
     from benchmark.domain_gap import domain_gap_frame, write_domain_gap
     from core.metrics import image_metrics
