@@ -266,15 +266,15 @@ def _fig10(profile, data_root):
         nets[col.label] = (col.method, key.weights, *_load(col.method, key.weights, profile, data_root))
         prov["weights"][col.label] = nets[col.label][3]
 
-    for name, rainy, clean in pairs:
+    for name, wet, clean in pairs:
         row = f"{ds_name}, {name}"
-        panels.append(_metric_panel(row, "Rainy images", rainy, clean, name=name, method="identity"))
+        panels.append(_metric_panel(row, "Rainy images", wet, clean, name=name, method="identity"))
         for label, (method, weights, net, info) in nets.items():
             if net is None:
                 panels.append(_missing(row, label, method, weights, info))
                 continue
             try:
-                out = run_model(net, rainy)
+                out = run_model(net, wet)
             except Exception as exc:  # noqa: BLE001 - one failing method leaves the others drawn
                 panels.append(_missing(row, label, method, weights, ("failed", f"{type(exc).__name__}: {exc}")))
                 continue
