@@ -125,8 +125,8 @@ def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
 
 
 def keys(spec: FigureSpec, data_root) -> list[CellKey]:
-    return [CellKey(m, dataset_for(s.rain, data_root), weights_rain(s.rain, data_root))
-            for s in spec.series for m in s.methods]
+    datasets = [dataset_for(s.rain, data_root) for s in spec.series]  # one lookup per series
+    return [CellKey(m, ds, rain_of(ds)) for s, ds in zip(spec.series, datasets) for m in s.methods]
 
 
 # ---------------------------------------------------------------- timing for the compute curve

@@ -173,11 +173,12 @@ def _fig3(profile, data_root):
         name, rainy, clean = pairs[0]
         row = f"{rain} rain ({ds_name}, {name})"
         panels.append(_metric_panel(row, "rainy", rainy, clean, name=name, method="identity"))
-        net, info = _load("resguidenet", rain_of(ds_name), profile, data_root)
+        weights = rain_of(ds_name)
+        net, info = _load("resguidenet", weights, profile, data_root)
         prov["weights"][f"ResGuideNet ({rain})"] = info
         labels = [f"block {k}" for k in range(1, 6)] + ["merged"]
         if net is None:
-            panels += [_missing(row, lab, "resguidenet", rain_of(ds_name), info) for lab in labels]
+            panels += [_missing(row, lab, "resguidenet", weights, info) for lab in labels]
         else:
             for lab, out in zip(labels, _block_outputs(net, rainy)):
                 panels.append(_metric_panel(row, lab, out, clean, name=name, method="resguidenet",
@@ -189,15 +190,16 @@ def _fig3(profile, data_root):
 def _fig5(profile, data_root):
     ds_name, pairs, desc = _pairs("heavy", 1, profile, data_root)
     name, rainy, clean = pairs[0]
+    weights = rain_of(ds_name)
     panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
     for method, label in (("baseline", "Baseline"), ("baseline_rr", "Baseline-RR")):
         row = f"{label} ({ds_name}, {name})"
         panels.append(_metric_panel(row, "rainy", rainy, clean, name=name, method="identity"))
-        net, info = _load(method, rain_of(ds_name), profile, data_root)
+        net, info = _load(method, weights, profile, data_root)
         prov["weights"][label] = info
         labels = [f"block {k}" for k in range(1, 6)]
         if net is None:
-            panels += [_missing(row, lab, method, rain_of(ds_name), info) for lab in labels]
+            panels += [_missing(row, lab, method, weights, info) for lab in labels]
         else:
             for lab, out in zip(labels, _block_outputs(net, rainy)[:5]):
                 panels.append(_metric_panel(row, lab, out, clean, name=name, method=method,
@@ -239,12 +241,13 @@ def _fig7(profile, data_root):
     ds_name, pairs, desc = _pairs("heavy", 1, profile, data_root)
     name, rainy, clean = pairs[0]
     mask = rain_mask(rainy, clean)
+    weights = rain_of(ds_name)
     panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
     for method, label in (("baseline_rr", "Baseline-RR"), ("baseline", "Baseline")):
-        net, info = _load(method, rain_of(ds_name), profile, data_root)
+        net, info = _load(method, weights, profile, data_root)
         prov["weights"][label] = info
         if net is None:
-            panels.append(_missing(f"{label} ({ds_name}, {name})", "maps", method, rain_of(ds_name), info))
+            panels.append(_missing(f"{label} ({ds_name}, {name})", "maps", method, weights, info))
             continue
         maps = second_layer_maps(net, rainy)
         ratio = streak_ratio(maps, mask)
