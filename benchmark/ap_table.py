@@ -223,6 +223,11 @@ def draw_ap_runtime(sections, profile: str, out_dir: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    with matplotlib.rc_context():  # the theme below stays with this figure: later figures look the same in any order
+        return _draw_ap_runtime(sections, profile, out_dir)
+
+
+def _draw_ap_runtime(sections, profile: str, out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
     import seaborn as sns
 

@@ -192,8 +192,9 @@ def _render_report(job: Job) -> list[Path]:
     figs = [a.id for a in ARTIFACTS.values() if a.kind in ("figure", "picture")]
     figs += [f for a in ARTIFACTS.values() for f in a.report_figures]
     scale = sorted((job.results / "runtime").glob("scale_out*.json")) if job.profile.name == "quick" else []
+    weights = sorted((job.results / "weights").glob(f"*-{job.profile.name}.json"))
     return [write_report(report_path(job.results, job.profile.name), job.profile.name, job.tables_dir,
-                         job.figures_dir, tables, figs, scale_records=scale)]
+                         job.figures_dir, tables, figs, scale_records=scale, weights_records=weights)]
 
 
 ARTIFACTS: dict[str, Artifact] = {

@@ -8,6 +8,7 @@ per (model, rain the model was trained on); a model without weights here is name
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,8 @@ from benchmark.evaluate import evaluate
 from core.errors import WeightsUnavailable
 from core.files import atomic_write_text
 from datasets.rainbank import HOLDOUT, load_pairs, pair_names, split_names
-from models import registry
+from models import provider, registry
+from models.train import rate_schedule
 
 #: (method, weights): the rainy input, then each derainer trained on each heavy rain source.
 MODELS = (
@@ -25,6 +27,7 @@ MODELS = (
     ("resguidenet", "heavy-real"),
     ("resguidenet", "bank-heavy"),
     ("resguidenet", "bank-mix-heavy"),
+    ("resguidenet", "heavy-real-spread"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
     ("jorder", "heavy"),
@@ -56,27 +59,40 @@ def domain_gap_frame(data_root: Path, profile: str = "quick", models=MODELS) -> 
         try:
             net, info = registry.load(method, weights, profile, data_root)
         except (WeightsUnavailable, FileNotFoundError) as exc:  # not trained here, or an absent file
-            rows.append({**row, "status": "skipped", "note": str(exc).splitlines()[0][:160]})
+            rows.append({**row, "status": "skipped", "note": str(exc).splitlines()[0]})
             continue
         res = evaluate(net, pairs, progress=False, desc=f"{method} on held-out real pairs")
         rows.append({**row, "status": "ok", **{k: res["metrics"][k] for k in ("psnr_y", "ssim_y")},
-                     "weights_sha256": str(info.get("sha256", ""))[:12]})
+                     "weights_sha256": str(info.get("sha256", ""))[:12],
+                     "rate_schedule": _schedule(method, weights, profile)})
     return pd.DataFrame(rows)
+
+
+def _schedule(method: str, weights: str | None, profile: str) -> str:
+    """The learning-rate schedule in the training record of ``method``'s ``weights`` ("" if none)."""
+    family = getattr(registry.get(method).factory, "family", None)
+    path = provider.find(family, weights, profile) if family and weights else None
+    record = path.with_suffix(".json") if path else None
+    if record is None or not record.exists():
+        return ""
+    return rate_schedule((json.loads(record.read_text()).get("config") or {}).get("lr_drops")) or ""
 
 
 def write_domain_gap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """``domain_gap.md`` and ``domain_gap.csv`` in ``out_dir``."""
     lines = ["### Domain gap: heavy-rain models on real heavy rain held out of the renderer's fit", "",
-             "| Model | Trained on | PSNR (Y) | SSIM (Y) |", "|---|---|---|---|"]
+             "| Model | Trained on | Rate schedule | PSNR (Y) | SSIM (Y) |", "|---|---|---|---|---|"]
     for r in df.itertuples():
         if r.status == "ok":
-            lines.append(f"| {r.method} | {r.trained_on} | {r.psnr_y:.2f} | {r.ssim_y:.3f} |")
+            lines.append(f"| {r.method} | {r.trained_on} | {r.rate_schedule or '-'} | {r.psnr_y:.2f} | "
+                         f"{r.ssim_y:.3f} |")
         else:
-            lines.append(f"| {r.method} | {r.trained_on} | – | – |")
+            lines.append(f"| {r.method} | {r.trained_on} | – | – | – |")
     n = int(df["n_images"].iloc[0]) if len(df) else 0
     skipped = [f"{r.method} ({r.trained_on}): {r.note}" for r in df.itertuples() if r.status != "ok"]
     lines += ["", f"Note: the last {n} of the 18 real RainTrainH pairs, held out of the fit of `heavy-real` and "
-                  "of the rain bank; training data, never a test set. `identity` is the rainy input."
+                  "of the rain bank; training data, never a test set. `identity` is the rainy input. Rate "
+                  "schedule: the learning rate in each model's training record (docs/methods.md)."
               + (" Not scored: " + "; ".join(skipped) + "." if skipped else "")]
     md, csv = Path(out_dir) / "domain_gap.md", Path(out_dir) / "domain_gap.csv"
     atomic_write_text(md, "\n".join(lines) + "\n")

@@ -165,6 +165,11 @@ def draw(spec: FigureSpec, cells: dict[str, dict], data_root, out_dir: Path, run
     import matplotlib
 
     matplotlib.use("Agg")
+    with matplotlib.rc_context():  # the theme below stays with this figure: later figures look the same in any order
+        return _draw(spec, cells, data_root, out_dir, runtimes)
+
+
+def _draw(spec: FigureSpec, cells: dict[str, dict], data_root, out_dir: Path, runtimes: dict | None) -> Path:
     import matplotlib.pyplot as plt
     import seaborn as sns
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from core.files import atomic_write_text
+from models.train import rate_schedule
 
 #: Where and why the reproduction departs from the paper (kept in step with the README).
 DIFFERENCES = (
@@ -30,7 +31,11 @@ DIFFERENCES = (
     "train+val. That initialisation matters: started with gammas at 1, the grey DnCNNs scored 1.5-2.7 dB "
     "lower and the colour one did not learn.",
     "Optimiser: PyTorch's RMSprop (square average from 0, decay 0.99, ε outside the root), not "
-    "TensorFlow 1's RMSPropOptimizer the paper used (square average from 1, decay 0.9, ε 1e-10 inside).",
+    "TensorFlow 1's RMSPropOptimizer the paper used (square average from 1, decay 0.9, ε 1e-10 inside). "
+    "The paper gives only ResGuideNet's initial learning rate (0.001); the suite divides it by 10 for the "
+    "last fifth of the iterations, because at a constant rate the last steps left the output's mean "
+    "brightness several grey levels off. Weights trained before that change keep a constant rate; the "
+    "Trained weights section below says which.",
     "Parameter counts: our reading of the architecture counts fewer parameters than the paper prints for "
     "ResGuideNet and ResGuideNet_3, and no reasonable reading matches both (Table 2's parameter rows show "
     "ours beside the paper's; the README explains).",
@@ -91,8 +96,41 @@ def scale_out_section(records: list[Path]) -> list[str]:
     return lines + [""]
 
 
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, dict):  # a staged schedule, e.g. DID-MDN's iterations per stage
+        return ", ".join(f"{k} {_cell(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def weights_section(records: list[Path]) -> list[str]:
+    """One row per shipped weights record (``results/weights/*.json``): how each model was trained,
+    so that weights trained under an older recipe are visible beside the rest."""
+    rows = []
+    for p in sorted(records, key=lambda p: Path(p).name):
+        rec = json.loads(Path(p).read_text(encoding="utf-8"))
+        cfg = rec.get("config") or {}
+        schedule = rate_schedule(cfg.get("lr_drops"))
+        size = f"{cfg['batch']} × {cfg['patch']}²" if "batch" in cfg and "patch" in cfg else None
+        rows.append(f"| `{Path(p).stem}` | {_cell(rec.get('iterations'))} | {_cell(size)} | "
+                    f"{_cell(cfg.get('optimizer'))} | {_cell(cfg.get('lr'))} | {_cell(schedule)} | "
+                    f"{_cell(rec.get('seconds'))} | {_cell(rec.get('threads'))} | {_cell(rec.get('final_loss'))} |")
+    if not rows:
+        return []
+    return ["## Trained weights", "",
+            "How each shipped model was trained, from its record beside the weights in `results/weights/` "
+            "(– where the record does not say). Seconds are wall time on the threads shown.", "",
+            "| weights | iterations | batch × patch | optimiser | learning rate | rate schedule | seconds | "
+            "threads | final loss |", "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def write_report(path: Path, profile: str, tables_dir: Path, figures_dir: Path, table_ids, figure_ids,
-                 scale_records: list[Path] = ()) -> Path:
+                 scale_records: list[Path] = (), weights_records: list[Path] = ()) -> Path:
     """Gather the written tables and figures into one Markdown page at ``path``."""
     path = Path(path)
     lines = [f"# ResGuideNet reproduction: report ({profile} profile)", "",
@@ -110,6 +148,7 @@ def write_report(path: Path, profile: str, tables_dir: Path, figures_dir: Path, 
         else:
             lines += [f"#### {tid}", "", "(not rendered in this run)", ""]
     lines += scale_out_section(list(scale_records))
+    lines += weights_section(list(weights_records))
     lines += ["## Figures", ""]
     for fid in figure_ids:
         png = Path(figures_dir) / f"{fid}.png"

@@ -33,7 +33,7 @@ determined by a seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -46,6 +46,7 @@ __all__ = [
     "DENSITY_PRESETS",
     "density_choice",
     "HEAVY_REAL_FIT",
+    "HEAVY_REAL_SPREAD",
     "LIGHT_REAL_FIT",
     "real_rain_params",
     "line_kernel",
@@ -123,6 +124,12 @@ class RainParams:
                   (``S = streaks + haze``, clipped to 1): a veil that is
                   part of the rain layer, e.g. additive haze.  0 = none (and
                   then nothing changes for the presets that predate it).
+    amount_spread: sd ``s`` of the log of a per-image factor
+                  ``f = exp(s z - s^2 / 2)`` (``z`` standard normal, so the
+                  mean of ``f`` is 1) on every layer's density and on the
+                  haze: how much the amount of rain varies from image to
+                  image.  0 = none (nothing is drawn, so the presets that
+                  predate it are unchanged).
     """
 
     layers: tuple[RainLayer, ...]
@@ -130,6 +137,7 @@ class RainParams:
     veil: float = 0.0
     angle_jitter: float = 0.0
     haze: float = 0.0
+    amount_spread: float = 0.0
 
     def __post_init__(self) -> None:
         if self.blend not in ("screen", "additive"):
@@ -138,8 +146,8 @@ class RainParams:
             raise ValueError(f"veil must be in [0, 1], got {self.veil}")
         if not 0.0 <= self.haze <= 1.0:
             raise ValueError(f"haze must be in [0, 1], got {self.haze}")
-        if self.angle_jitter < 0:
-            raise ValueError("angle_jitter must be non-negative")
+        if self.angle_jitter < 0 or self.amount_spread < 0:
+            raise ValueError("angle_jitter and amount_spread must be non-negative")
         object.__setattr__(self, "layers", tuple(self.layers))
 
 
@@ -185,6 +193,7 @@ def real_rain_params(
     angle_jitter: float = 0.0,
     haze: float = 0.0,
     directions: int = 3,
+    amount_spread: float = 0.0,
 ) -> RainParams:
     """Additive rain of the shape fitted to the real Rain100H-pipeline pairs.
 
@@ -193,8 +202,9 @@ def real_rain_params(
     ``angle + linspace(-fan, fan, directions)`` degrees, sharing ``density``
     (the total fraction of drop pixels) equally; the whole fan is turned per
     image by a uniform angle in ``[-angle_jitter, angle_jitter]``; ``haze``
-    is added to the streak map; the layer is composed additively.  One
-    direction (``directions=1``) ignores ``fan``.  The presets "heavy-real"
+    is added to the streak map; the layer is composed additively;
+    ``amount_spread`` varies the amount of rain per image (see
+    :class:`RainParams`).  One direction (``directions=1``) ignores ``fan``.  The presets "heavy-real"
     and "light-real" are built with it from the numbers that
     :func:`datasets.rainfit.fit_heavy_real` and
     :func:`datasets.rainfit.calibrate_light_real` return.
@@ -210,6 +220,7 @@ def real_rain_params(
         veil=0.0,
         angle_jitter=float(angle_jitter),
         haze=float(haze),
+        amount_spread=float(amount_spread),
     )
 
 
@@ -230,6 +241,18 @@ HEAVY_REAL_FIT: dict[str, float] = {
 # training backgrounds of "light"'s calibration (never on Rain100L).  Density alone at the heavy-real
 # intensity (0.000866) gives 26.90 dB but SSIM 0.864: fainter, denser streaks were needed.
 LIGHT_REAL_FIT: dict[str, float] = {"density": 0.00148, "intensity": 0.273}
+# heavy-real-spread: heavy-real with the image-to-image spread of the amount of real rain.  On the same 12
+# fit pairs, the log of the mean luma the rain adds has sd 0.753 for the real rain and 0.168 for heavy-real
+# renders (4 per background); datasets.rainfit.fit_amount_spread(data_root) adds the difference (unrounded
+# 0.7340) as a per-image factor on the density and the haze, and scales both by 1.2688 so that the mean
+# amount stays the real one (38.9 grey levels; the spread renders: 38.6, log sd 0.697).
+HEAVY_REAL_SPREAD: dict[str, float] = {"amount_spread": 0.73, "amount_scale": 1.27}
+
+
+def _heavy_real_spread_values() -> dict[str, float]:
+    scale = HEAVY_REAL_SPREAD["amount_scale"]
+    return {**HEAVY_REAL_FIT, "density": HEAVY_REAL_FIT["density"] * scale, "haze": HEAVY_REAL_FIT["haze"] * scale,
+            "amount_spread": HEAVY_REAL_SPREAD["amount_spread"]}
 
 
 def _light_real_values() -> dict[str, float]:
@@ -281,6 +304,8 @@ PRESETS: dict[str, RainParams] = {
     # Fitted to real heavy rain (additive, a narrow fan of 3 directions, long faint streaks); see
     # HEAVY_REAL_FIT.  Not the same rain as "heavy": results made with "heavy" stay as they were.
     "heavy-real": real_rain_params(**HEAVY_REAL_FIT, directions=3),
+    # heavy-real with as much image-to-image variation in the amount of rain as the real pairs have.
+    "heavy-real-spread": real_rain_params(**_heavy_real_spread_values(), directions=3),
     # The heavy-real streak shape in one direction, sparser, calibrated to Rain100L's rainy-input score.
     "light-real": real_rain_params(**_light_real_values(), directions=1),
     **_DDN,
@@ -429,12 +454,18 @@ def rain_mask(shape: tuple[int, int], params: RainParams, rng: np.random.Generat
     offset = 0.0
     if params.angle_jitter > 0:
         offset = float(rng.uniform(-params.angle_jitter, params.angle_jitter))
+    layers, haze = params.layers, params.haze
+    if params.amount_spread > 0:  # this image's amount of rain
+        s = params.amount_spread
+        factor = math.exp(s * float(rng.standard_normal()) - s * s / 2.0)
+        layers = tuple(replace(layer, density=min(1.0, layer.density * factor)) for layer in layers)
+        haze = min(1.0, haze * factor)
     inv = np.ones((h, w), dtype=np.float64)
-    for layer in params.layers:
+    for layer in layers:
         inv *= 1.0 - streak_layer((h, w), layer, rng, angle_offset=offset)
     out = 1.0 - inv
-    if params.haze > 0:
-        out += params.haze
+    if haze > 0:
+        out += haze
     return np.clip(out, 0.0, 1.0)
 
 

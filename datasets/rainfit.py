@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +252,60 @@ def fit_heavy_real(
         evaluations=count[0],
     )
 
+
+
+def rain_amount(rainy: np.ndarray, clean: np.ndarray) -> float:
+    """The amount of rain in a pair: the mean luma the rain adds, Y on the 0-255 scale
+    (``core.metrics``' MATLAB Y of the uint8 images); at least 0.5 (half a grey level)."""
+    added = metrics.rgb2y(metrics.to_uint8(rainy)) - metrics.rgb2y(metrics.to_uint8(clean))
+    return max(255.0 * float(np.mean(added)), 0.5)
+
+
+def fit_amount_spread(
+    data_root: str | Path,
+    names: Sequence[str] | None = None,
+    *,
+    rain: str | RainParams = "heavy-real",
+    seed: int = 1000,
+    renders: int = 4,
+) -> dict[str, float]:
+    """``amount_spread`` that gives ``rain`` the image-to-image spread of the amount of real rain.
+
+    The fitted presets match the *mean* statistics of the real layers, but the amount of rain
+    (:func:`rain_amount`) varies far more between the real pairs than between renders.  On the
+    fit pairs (``names``; default all but the last :data:`HOLDOUT`), with ``renders`` renders of
+    ``rain`` over each pair's clean background (seeds ``seed + renders * i + k``), the spread is
+    the one that adds the missing variance of the log amount:
+    ``sqrt(max(0, var_real - var_synthetic))`` (sample variances).  The amount is concave in the
+    density, so a spread alone lowers the mean amount; ``amount_scale`` (on the density and the
+    haze) then brings the mean amount of the spread renders back to the real one (two proportional
+    corrections).  Returns both with the moments they came from, the last ones of the spread renders.
+    """
+    pairs = load_pairs(data_root, names)
+    base = resolve(rain)
+
+    def log_amounts(params: RainParams) -> np.ndarray:
+        return np.log([rain_amount(add_rain(clean, params, seed + renders * i + k), clean)
+                       for i, (_, _, clean) in enumerate(pairs) for k in range(renders)])
+
+    real = np.log([rain_amount(rainy, clean) for _, rainy, clean in pairs])
+    synthetic = log_amounts(base)
+    spread = math.sqrt(max(0.0, float(real.var(ddof=1)) - float(synthetic.var(ddof=1))))
+    scale = 1.0
+    for _ in range(2):
+        spread_rows = log_amounts(_scaled(base, scale, spread))
+        scale *= float(np.exp(real).mean() / np.exp(spread_rows).mean())
+    spread_rows = log_amounts(_scaled(base, scale, spread))
+    return {"amount_spread": spread, "amount_scale": scale, "real_log_sd": float(real.std(ddof=1)),
+            "synthetic_log_sd": float(synthetic.std(ddof=1)), "spread_log_sd": float(spread_rows.std(ddof=1)),
+            "real_mean": float(np.exp(real).mean()), "synthetic_mean": float(np.exp(synthetic).mean()),
+            "spread_mean": float(np.exp(spread_rows).mean()), "n_pairs": len(pairs)}
+
+
+def _scaled(params: RainParams, scale: float, spread: float) -> RainParams:
+    """``params`` with every density and the haze times ``scale``, and ``amount_spread``."""
+    layers = tuple(replace(layer, density=min(1.0, layer.density * scale)) for layer in params.layers)
+    return replace(params, layers=layers, haze=min(1.0, params.haze * scale), amount_spread=spread)
 
 
 def calibrate_light_real(

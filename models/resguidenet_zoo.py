@@ -68,6 +68,13 @@ def _outputs(net, x):
     return net.forward_all(x)
 
 
+#: ResGuideNet's training recipe beside the paper's (RMSprop, initial rate 0.001, batch 16): the rate
+#: drops tenfold for the last fifth of the iterations.  The paper gives only the initial rate; with a
+#: constant one, the final RMSprop steps leave the output's mean brightness off by several grey levels
+#: (measured on fresh renders of training images, see docs/methods.md).
+RECIPE = {"lr_drops": (0.8,)}
+
+
 #: Families that may be trained as denoisers (``--weights denoise-sSIGMA``); the ablations derain only.
 DENOISE_FAMILIES = ("resguidenet",)
 
@@ -86,14 +93,14 @@ def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim:
             net, info = make(), {"tag": "init"}
         elif weights.trained_here:
             net, info = provider.trained(family, weights.rain or "light", profile, make, _outputs, data_root,
-                                         use_ssim)
+                                         use_ssim, recipe=RECIPE)
         elif weights.kind == "denoise":
             if family not in DENOISE_FAMILIES:
                 raise ValueError(f"{family} is trained for deraining only; denoising weights ({weights}) exist for "
                                  f"{', '.join(DENOISE_FAMILIES)}")
             channels = 3 if weights.colour else 1
             net, info = provider.trained(family, weights.tag, profile, lambda: make(channels), _outputs, data_root,
-                                         use_ssim)
+                                         use_ssim, recipe=RECIPE)
         elif weights.kind == "official":
             raise WeightsUnavailable(f"{family} has no authors' weights: the paper's code was not released")
         else:

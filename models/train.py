@@ -113,6 +113,13 @@ class TrainConfig:
         return self.lr * 0.1 ** passed
 
 
+def rate_schedule(lr_drops) -> str | None:
+    """``TrainConfig.lr_drops`` in words for tables: "constant", "×0.1 after 80%"; None if unknown."""
+    if lr_drops is None:
+        return None
+    return "×0.1 after " + ", ".join(f"{float(f):.0%}" for f in lr_drops) if lr_drops else "constant"
+
+
 # --------------------------------------------------------------------------
 # patches
 

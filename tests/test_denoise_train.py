@@ -241,6 +241,8 @@ def test_cli_trains_a_denoiser_and_score_finds_it(capsys, no_weights, tiny_smoke
     assert (cfg["task"], cfg["sigma"], cfg["channels"]) == ("denoise", 30, channels)
     assert (cfg["optimizer"], cfg["loss"]) == (("adam", "dncnn") if family.startswith("dncnn") else
                                                ("rmsprop", "resguide"))
+    # ResGuideNet's rate drops tenfold for the last fifth (models.resguidenet_zoo.RECIPE); DnCNN's stays
+    assert cfg["lr_drops"] == ([] if family.startswith("dncnn") else [0.8])
     assert "embedded train split" in record["training_data"] and "no data root" in record["training_data"]
     assert f"train {family} --sigma 30 {'--color' if channels == 3 else '--grey'} --profile smoke" in record["command"]
 

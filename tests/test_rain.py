@@ -272,3 +272,28 @@ def test_real_rain_params_fans_directions():
     assert len(one.layers) == 1 and one.layers[0].angle == 0.0
     with pytest.raises(ValueError):
         real_rain_params(density=0.003, length=50, width=0.6, intensity=0.4, low=0.1, directions=0)
+
+
+def test_amount_spread_varies_the_rain_per_image_and_zero_draws_nothing():
+    from datasets.rain import HEAVY_REAL_SPREAD, real_rain_params
+
+    img = _clean()
+    shape = dict(density=0.01, length=30, width=0.6, intensity=0.4, low=0.1, fan=4.0, haze=0.02)
+    fixed, spread = real_rain_params(**shape), real_rain_params(**shape, amount_spread=0.8)
+    # without a spread nothing extra is drawn: the layer is the one of the same seed's stream
+    assert np.array_equal(rain_mask(img.shape[:2], fixed, np.random.default_rng(5)),
+                          rain_mask(img.shape[:2], RainParams(layers=fixed.layers, blend="additive", haze=0.02),
+                                    np.random.default_rng(5)))
+
+    def log_amounts(params):
+        return np.log([np.mean(add_rain(img, params, s).astype(float) - img) for s in range(24)])
+
+    assert np.std(log_amounts(spread)) > 3 * np.std(log_amounts(fixed))
+    assert np.array_equal(add_rain(img, spread, 7), add_rain(img, spread, 7))
+    with pytest.raises(ValueError):
+        real_rain_params(**shape, amount_spread=-0.1)
+    # the preset: heavy-real's shape, scaled density and haze, and the spread
+    heavy, wide = PRESETS["heavy-real"], PRESETS["heavy-real-spread"]
+    assert heavy.amount_spread == 0.0 and wide.amount_spread == HEAVY_REAL_SPREAD["amount_spread"]
+    for a, b in zip(heavy.layers, wide.layers):
+        assert b.density == pytest.approx(a.density * HEAVY_REAL_SPREAD["amount_scale"]) and a.length == b.length

@@ -112,3 +112,24 @@ def test_heavy_real_statistics_lie_within_the_real_range(data_root):
     for stat, r in real.items():
         s = synthetic[stat]["mean"]
         assert r["min"] <= s <= r["max"], (stat, s, r)
+
+
+def test_amount_spread_fit_adds_the_missing_spread_and_keeps_the_mean(tmp_path):
+    from datasets.rainfit import fit_amount_spread, rain_amount
+
+    folder = tmp_path / "train" / "RainTrainH-sample18"
+    (folder / "rainy").mkdir(parents=True)
+    (folder / "clean").mkdir(parents=True)
+    for i, n in enumerate(range(2, 9)):  # the real rain's amount varies eightfold from pair to pair
+        clean = _background(64, 80, n)
+        params = real_rain_params(**{**_TRUE, "density": 0.003 * 2.0 ** (i % 4)})
+        Image.fromarray(clean).save(folder / "clean" / f"norain-{n}.png")
+        Image.fromarray(add_rain(clean, params, seed=100 + n)).save(folder / "rainy" / f"norain-{n}.png")
+    rain = real_rain_params(**{**_TRUE, "density": 0.008})
+    fit = fit_amount_spread(tmp_path, [f"norain-{n}.png" for n in range(2, 9)], rain=rain, renders=3)
+    assert fit["real_log_sd"] > 2 * fit["synthetic_log_sd"]
+    assert fit["amount_spread"] == pytest.approx(math.sqrt(fit["real_log_sd"] ** 2 - fit["synthetic_log_sd"] ** 2))
+    assert fit["spread_log_sd"] > fit["synthetic_log_sd"]
+    assert fit["spread_mean"] == pytest.approx(fit["real_mean"], rel=0.1)
+    clean = _background(64, 80, 1)
+    assert rain_amount(clean, clean) == 0.5 and rain_amount(add_rain(clean, rain, 0), clean) > 1.0

@@ -232,3 +232,4 @@ def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp
     assert absent["status"] == "skipped" and "no-such" in absent["note"]
     md, _ = write_domain_gap(df, tmp_path)
     assert "Not scored: baseline (bank-heavy)" in md.read_text()
+    assert "| identity | - | - | " in md.read_text() and ident["rate_schedule"] == ""  # no training record

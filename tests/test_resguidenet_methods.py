@@ -69,6 +69,7 @@ def test_provider_trains_when_no_weights_exist_and_reuses_them(tmp_path, monkeyp
     assert info["source"].startswith("trained here") and info["tag"] == "heavy"
     record = json.loads((tmp_path / "cache" / "resguidenet-heavy-tiny.json").read_text())
     assert record["iterations"] == 2 and record["config"]["rain"] == "heavy" and "embedded" in record["training_data"]
+    assert record["config"]["lr_drops"] == [0.8] and record["config"]["optimizer"] == "rmsprop"
     _, again = registry.load("resguidenet", "heavy", "tiny")
     assert again["sha256"] == info["sha256"]  # one training serves every exit
     provider.ship("resguidenet", "heavy", "tiny")
@@ -122,8 +123,14 @@ def test_figure_frame_and_png(tmp_path):
     assert len(df) == 10 and set(df["dataset"]) == {"embedded-heavy"}
     rr = df[df["series"] == "Baseline-RR"]["value"].to_numpy()
     assert np.allclose(rr, [0.6, 0.61, 0.62, 0.63, 0.64])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    style = ("axes.grid", "axes.facecolor", "font.size", "lines.linewidth", "axes.prop_cycle")
+    before = {k: matplotlib.rcParams[k] for k in style}
     path = figures.draw(spec, cells, None, tmp_path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "fig6.csv").exists()
+    assert {k: matplotlib.rcParams[k] for k in style} == before  # its seaborn theme does not leak into the figures drawn next
 
 
 def test_figure_datasets_prefer_real_data(tmp_path):

@@ -172,3 +172,20 @@ def test_fig12_skips_what_has_no_weights(tmp_path, monkeypatch, capsys, no_weigh
     assert list(df["method"]) == ["none", "identity", "resguidenet_3", "resguidenet"]
     assert list(df["status"]) == ["ok", "ok", "skipped", "ok"] and rec["skipped_panels"] == 1
     assert "no resguidenet_3 weights" in df["error"].iloc[2]
+
+
+def test_report_lists_how_each_shipped_model_was_trained(tmp_path):
+    from benchmark.report import write_report
+
+    (tmp_path / "a-light-quick.json").write_text(json.dumps({
+        "iterations": 1000, "seconds": 12.5, "threads": 1, "final_loss": 0.0712345,
+        "config": {"batch": 16, "patch": 64, "optimizer": "rmsprop", "lr": 0.001, "lr_drops": [0.8]}}))
+    (tmp_path / "b-density-quick.json").write_text(json.dumps({
+        "iterations": {"residual": 1000, "classifier": 400}, "config": {"lr_drops": []}}))
+    text = write_report(tmp_path / "R.md", "quick", tmp_path, tmp_path, [], [],
+                        weights_records=sorted(tmp_path.glob("*.json"))).read_text()
+    assert "## Trained weights" in text
+    assert "| `a-light-quick` | 1000 | 16 × 64² | rmsprop | 0.001 | ×0.1 after 80% | 12.5 | 1 | 0.07123 |" in text
+    assert "| `b-density-quick` | residual 1000, classifier 400 | – | – | – | constant | – | – | – |" in text
+    # no records, no section
+    assert "## Trained weights" not in write_report(tmp_path / "S.md", "quick", tmp_path, tmp_path, [], []).read_text()
