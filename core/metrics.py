@@ -130,6 +130,15 @@ def ssim(
     return float(np.mean(num / den))
 
 
+def mean_offset_y(output: np.ndarray, target: np.ndarray) -> float:
+    """Mean luma of ``output`` minus that of ``target``, in grey levels (0-255): how much brighter
+    (positive) or darker the output is overall.  Rounded to uint8 and Y as :func:`image_metrics`."""
+    out8, tgt8 = to_uint8(output), to_uint8(target)
+    if out8.shape != tgt8.shape:
+        raise ValueError(f"output shape {out8.shape} differs from target shape {tgt8.shape}")
+    return 255.0 * float(np.mean(rgb2y(out8) - rgb2y(tgt8)))
+
+
 def image_metrics(output: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """All four numbers the suite reports for one image pair.
 

@@ -124,12 +124,10 @@ class RainParams:
                   (``S = streaks + haze``, clipped to 1): a veil that is
                   part of the rain layer, e.g. additive haze.  0 = none (and
                   then nothing changes for the presets that predate it).
-    amount_spread: sd ``s`` of the log of a per-image factor
-                  ``f = exp(s z - s^2 / 2)`` (``z`` standard normal, so the
-                  mean of ``f`` is 1) on every layer's density and on the
-                  haze: how much the amount of rain varies from image to
-                  image.  0 = none (nothing is drawn, so the presets that
-                  predate it are unchanged).
+    amount_spread: sd ``s`` of the log of a per-image factor ``exp(s z -
+                  s^2 / 2)`` (``z`` standard normal; mean 1) on every density
+                  and the haze: how much the amount of rain varies between
+                  images.  0 = none (nothing drawn: older presets unchanged).
     """
 
     layers: tuple[RainLayer, ...]
@@ -150,10 +148,6 @@ class RainParams:
             raise ValueError("angle_jitter and amount_spread must be non-negative")
         object.__setattr__(self, "layers", tuple(self.layers))
 
-
-# --------------------------------------------------------------------------
-# presets
-# --------------------------------------------------------------------------
 
 def _ddn_presets() -> dict[str, RainParams]:
     """14 single-layer types spanning orientation x magnitude (DDN-like).
@@ -241,18 +235,11 @@ HEAVY_REAL_FIT: dict[str, float] = {
 # training backgrounds of "light"'s calibration (never on Rain100L).  Density alone at the heavy-real
 # intensity (0.000866) gives 26.90 dB but SSIM 0.864: fainter, denser streaks were needed.
 LIGHT_REAL_FIT: dict[str, float] = {"density": 0.00148, "intensity": 0.273}
-# heavy-real-spread: heavy-real with the image-to-image spread of the amount of real rain.  On the same 12
-# fit pairs, the log of the mean luma the rain adds has sd 0.753 for the real rain and 0.168 for heavy-real
-# renders (4 per background); datasets.rainfit.fit_amount_spread(data_root) adds the difference (unrounded
-# 0.7340) as a per-image factor on the density and the haze, and scales both by 1.2688 so that the mean
-# amount stays the real one (38.9 grey levels; the spread renders: 38.6, log sd 0.697).
+# heavy-real-spread: heavy-real with the image-to-image spread of the amount of real rain (log sd of the mean
+# luma the rain adds, 12 fit pairs: real 0.753, heavy-real renders 0.168), by datasets.rainfit.fit_amount_spread
+# (data_root) (unrounded 0.7340, with density and haze x 1.2688 to keep the real mean amount); docs/data.md.
 HEAVY_REAL_SPREAD: dict[str, float] = {"amount_spread": 0.73, "amount_scale": 1.27}
-
-
-def _heavy_real_spread_values() -> dict[str, float]:
-    scale = HEAVY_REAL_SPREAD["amount_scale"]
-    return {**HEAVY_REAL_FIT, "density": HEAVY_REAL_FIT["density"] * scale, "haze": HEAVY_REAL_FIT["haze"] * scale,
-            "amount_spread": HEAVY_REAL_SPREAD["amount_spread"]}
+_SCALED = {k: HEAVY_REAL_FIT[k] * HEAVY_REAL_SPREAD["amount_scale"] for k in ("density", "haze")}
 
 
 def _light_real_values() -> dict[str, float]:
@@ -305,7 +292,8 @@ PRESETS: dict[str, RainParams] = {
     # HEAVY_REAL_FIT.  Not the same rain as "heavy": results made with "heavy" stay as they were.
     "heavy-real": real_rain_params(**HEAVY_REAL_FIT, directions=3),
     # heavy-real with as much image-to-image variation in the amount of rain as the real pairs have.
-    "heavy-real-spread": real_rain_params(**_heavy_real_spread_values(), directions=3),
+    "heavy-real-spread": real_rain_params(**{**HEAVY_REAL_FIT, **_SCALED}, directions=3,
+                                          amount_spread=HEAVY_REAL_SPREAD["amount_spread"]),
     # The heavy-real streak shape in one direction, sparser, calibrated to Rain100L's rainy-input score.
     "light-real": real_rain_params(**_light_real_values(), directions=1),
     **_DDN,
@@ -339,10 +327,6 @@ def resolve(rain: str | RainParams) -> RainParams:
     except KeyError:
         raise KeyError(f"unknown rain preset {rain!r}; known: {sorted(PRESETS)}") from None
 
-
-# --------------------------------------------------------------------------
-# streak synthesis
-# --------------------------------------------------------------------------
 
 def line_kernel(length: float, angle: float, oversample: int = 8) -> np.ndarray:
     """Anti-aliased motion-blur kernel: a line segment of ``length`` pixels.

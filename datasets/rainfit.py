@@ -257,8 +257,7 @@ def fit_heavy_real(
 def rain_amount(rainy: np.ndarray, clean: np.ndarray) -> float:
     """The amount of rain in a pair: the mean luma the rain adds, Y on the 0-255 scale
     (``core.metrics``' MATLAB Y of the uint8 images); at least 0.5 (half a grey level)."""
-    added = metrics.rgb2y(metrics.to_uint8(rainy)) - metrics.rgb2y(metrics.to_uint8(clean))
-    return max(255.0 * float(np.mean(added)), 0.5)
+    return max(metrics.mean_offset_y(rainy, clean), 0.5)
 
 
 def fit_amount_spread(

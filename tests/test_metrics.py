@@ -85,3 +85,15 @@ def test_float_output_is_rounded_like_a_saved_png():
 def test_ssim_rejects_images_smaller_than_the_window():
     with pytest.raises(ValueError, match="smaller"):
         ssim(np.zeros((8, 30)), np.zeros((8, 30)))
+
+
+def test_mean_offset_y_is_the_luma_shift_in_grey_levels():
+    from core.metrics import mean_offset_y
+
+    clean = np.full((8, 8, 3), 100, np.uint8)
+    brighter = clean + np.uint8(10)  # +10 on R, G and B: luma +10 * (65.481 + 128.553 + 24.966) / 255
+    assert mean_offset_y(brighter, clean) == pytest.approx(10 * 219.0 / 255.0)
+    assert mean_offset_y(clean, brighter) == pytest.approx(-10 * 219.0 / 255.0)
+    assert mean_offset_y(clean / 255.0, clean) == 0.0  # a float output is rounded like a saved PNG
+    with pytest.raises(ValueError, match="shape"):
+        mean_offset_y(clean[:4], clean)

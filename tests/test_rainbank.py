@@ -217,7 +217,7 @@ def test_mixed_bank_source_alternates_bank_and_preset_by_seed(root):
 
 def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp_path):
     from benchmark.domain_gap import domain_gap_frame, write_domain_gap
-    from core.metrics import image_metrics
+    from core.metrics import image_metrics, mean_offset_y
     from models.provider import training_allowed
 
     with training_allowed(False):
@@ -228,6 +228,9 @@ def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp
     ident, untrained, absent = df.iloc[0], df.iloc[1], df.iloc[2]
     assert ident["status"] == "ok" and ident["n_images"] == HOLDOUT
     assert ident["psnr_y"] == pytest.approx(np.mean([image_metrics(r, c)["psnr_y"] for _, r, c in held]))
+    # the rainy input's brightness error is the rain's mean added luma: positive
+    assert ident["offset_y"] == pytest.approx(np.mean([mean_offset_y(r, c) for _, r, c in held]))
+    assert ident["offset_y"] > 1.0
     assert untrained["status"] == "skipped" and "train baseline" in untrained["note"]
     assert absent["status"] == "skipped" and "no-such" in absent["note"]
     md, _ = write_domain_gap(df, tmp_path)
