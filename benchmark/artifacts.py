@@ -30,7 +30,7 @@ from core.files import check_writable
 from core.layout import cells_dir, output_dir, report_path
 from core.profiles import Profile
 from core.store import CellKey, Context, Store, new_stats
-from models import registry
+from models import provider, registry
 from models.provider import training_allowed
 from benchmark.rain_look import draw_rain_look, format_table, rain_stats_long
 from core.files import atomic_write_text
@@ -192,7 +192,8 @@ def _render_report(job: Job) -> list[Path]:
     figs = [a.id for a in ARTIFACTS.values() if a.kind in ("figure", "picture")]
     figs += [f for a in ARTIFACTS.values() for f in a.report_figures]
     scale = sorted((job.results / "runtime").glob("scale_out*.json")) if job.profile.name == "quick" else []
-    weights = sorted((job.results / "weights").glob(f"*-{job.profile.name}.json"))
+    # the shipped weights the models load (not under --results, which moves only the outputs)
+    weights = sorted(provider.WEIGHTS_DIR.glob(f"*-{job.profile.name}.json"))
     return [write_report(report_path(job.results, job.profile.name), job.profile.name, job.tables_dir,
                          job.figures_dir, tables, figs, scale_records=scale, weights_records=weights)]
 
