@@ -148,6 +148,11 @@ class RainParams:
             raise ValueError("angle_jitter and amount_spread must be non-negative")
         object.__setattr__(self, "layers", tuple(self.layers))
 
+    def scaled(self, factor: float) -> "RainParams":
+        """The same rain with every layer's density and the haze times ``factor`` (at most 1)."""
+        layers = tuple(replace(layer, density=min(1.0, layer.density * factor)) for layer in self.layers)
+        return replace(self, layers=layers, haze=min(1.0, self.haze * factor))
+
 
 def _ddn_presets() -> dict[str, RainParams]:
     """14 single-layer types spanning orientation x magnitude (DDN-like).
@@ -438,18 +443,15 @@ def rain_mask(shape: tuple[int, int], params: RainParams, rng: np.random.Generat
     offset = 0.0
     if params.angle_jitter > 0:
         offset = float(rng.uniform(-params.angle_jitter, params.angle_jitter))
-    layers, haze = params.layers, params.haze
     if params.amount_spread > 0:  # this image's amount of rain
         s = params.amount_spread
-        factor = math.exp(s * float(rng.standard_normal()) - s * s / 2.0)
-        layers = tuple(replace(layer, density=min(1.0, layer.density * factor)) for layer in layers)
-        haze = min(1.0, haze * factor)
+        params = params.scaled(math.exp(s * float(rng.standard_normal()) - s * s / 2.0))
     inv = np.ones((h, w), dtype=np.float64)
-    for layer in layers:
+    for layer in params.layers:
         inv *= 1.0 - streak_layer((h, w), layer, rng, angle_offset=offset)
     out = 1.0 - inv
-    if haze > 0:
-        out += haze
+    if params.haze > 0:
+        out += params.haze
     return np.clip(out, 0.0, 1.0)
 
 

@@ -302,9 +302,8 @@ def fit_amount_spread(
 
 
 def _scaled(params: RainParams, scale: float, spread: float) -> RainParams:
-    """``params`` with every density and the haze times ``scale``, and ``amount_spread``."""
-    layers = tuple(replace(layer, density=min(1.0, layer.density * scale)) for layer in params.layers)
-    return replace(params, layers=layers, haze=min(1.0, params.haze * scale), amount_spread=spread)
+    """``params`` scaled by ``scale`` (:meth:`RainParams.scaled`), with ``amount_spread``."""
+    return replace(params.scaled(scale), amount_spread=spread)
 
 
 def calibrate_light_real(
