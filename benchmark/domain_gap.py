@@ -29,6 +29,7 @@ MODELS = (
     ("resguidenet", "bank-heavy"),
     ("resguidenet", "bank-mix-heavy"),
     ("resguidenet", "heavy-real-spread"),
+    ("resguidenet", "pairs-heavy"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
     ("jorder", "heavy"),

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from datasets.pairs import FolderPairs
 from datasets.rain import add_rain, as_unit_float
 from datasets.rainstats import rain_layer
 from datasets.training import read_rgb
@@ -57,6 +58,8 @@ __all__ = [
     "RainBank",
     "load_bank",
     "add_bank_rain",
+    "PAIR_SOURCES",
+    "fit_pairs",
 ]
 
 #: Where the real pairs live under the data root.
@@ -352,3 +355,24 @@ def bank_renderer(tag: str, data_root: str | Path | None):
         return add_rain(clean, BANK_MIX[tag], seed)
 
     return render
+
+
+#: Training sources that are the real pairs themselves: a model trains on crops of the fit pairs'
+#: rainy images against their clean ones (no layer is extracted or composited).
+PAIR_SOURCES = ("pairs-heavy",)
+
+
+def fit_pairs(data_root: str | Path | None, holdout: int = HOLDOUT) -> FolderPairs:
+    """The fit pairs (all but the last ``holdout`` by number) as a ``FolderPairs`` for
+    ``models.samplers.PairedPatchSampler``; FileNotFoundError naming the folder when they are absent."""
+    if data_root is None:
+        raise FileNotFoundError(f"rain {PAIR_SOURCES[0]!r} trains on the real pairs: it needs them under a "
+                                f"data root (<root>/{PAIRS_SUBDIR})")
+    folder = pair_folder(data_root)
+    fit = {Path(n).stem for n in split_names(pair_names(folder), holdout)[0]}
+    pairs = FolderPairs(folder)
+    pairs.pairs = [p for p in pairs.pairs if p.name in fit]
+    if {p.name for p in pairs.pairs} != fit:
+        raise FileNotFoundError(f"{folder}: the pairs found ({', '.join(p.name for p in pairs.pairs)}) are not the "
+                                f"fit split ({', '.join(sorted(fit))})")
+    return pairs

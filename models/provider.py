@@ -43,7 +43,7 @@ from models.checkpoints import load_weights, save_weights
 from models.registry import file_identity
 from models.samplers import NoisyPatchSampler, PairedPatchSampler, PatchSampler
 from models.train import TrainConfig, train
-from datasets.rainbank import BANK_SOURCES, bank_renderer
+from datasets.rainbank import BANK_SOURCES, PAIR_SOURCES, bank_renderer, fit_pairs
 
 #: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
 CACHE_DIR = cache_root() / "weights"
@@ -159,6 +159,10 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         sampler = PairedPatchSampler(real, patch=cfg.patch, seed=cfg.seed)
         release = real.describe().get("release") or "unregistered"
         data_desc = f"real pairs {real.name} ({len(real)} pairs, {release})"
+    elif tag in PAIR_SOURCES:  # the fit split of the real heavy pairs, as they are
+        pairs = fit_pairs(data_root)
+        sampler = PairedPatchSampler(pairs, patch=cfg.patch, seed=cfg.seed)
+        data_desc = f"the {len(pairs)} fit pairs of {pairs.name} ({', '.join(p.name for p in pairs.pairs)}), as they are"
     else:
         images, data_desc = training_images(data_root)
         if tag in BANK_SOURCES:

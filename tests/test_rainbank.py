@@ -201,6 +201,33 @@ def test_bank_rain_trains_through_the_patch_sampler(root):
         bank_renderer("bank-heavy", None)
 
 
+def test_pair_source_trains_on_the_fit_pairs_only(root):
+    """``pairs-heavy`` crops the fit pairs themselves: every patch is cut from a fit pair, at the same
+    place in its rainy and clean image, never from a held-out one."""
+    from datasets.rainbank import fit_pairs
+    from models.samplers import PairedPatchSampler
+
+    pairs = fit_pairs(root, holdout=3)
+    assert [p.name for p in pairs.pairs] == [f"norain-{n}" for n in (2, 3, 4, 9, 11)]
+    rainy, clean = PairedPatchSampler(pairs, patch=16, seed=2).arrays(12, 5)
+    fit = [(r, c) for _, r, c in load_pairs(root, holdout=3)]
+    held = [c for _, _, c in load_pairs(root, names=split_names(pair_names(root), 3)[1])]
+
+    def places(patch, image):
+        """(y, x, flipped) of every window of ``image`` equal to ``patch`` or to its mirror image."""
+        win = np.lib.stride_tricks.sliding_window_view(image, patch.shape, axis=(0, 1, 2))[..., 0, :, :, :]
+        return [(y, x, f) for f, p in ((False, patch), (True, patch[:, ::-1]))
+                for y, x in zip(*np.nonzero((win == p).all(axis=(-3, -2, -1))))]
+
+    p = clean.shape[1]
+    for r, c in zip(rainy, clean):
+        assert not any(places(c, h) for h in held)
+        assert any(np.array_equal(fr[y:y + p, x:x + p][:, ::-1] if f else fr[y:y + p, x:x + p], r)
+                   for fr, fc in fit for y, x, f in places(c, fc))
+    with pytest.raises(FileNotFoundError, match="data root"):
+        fit_pairs(None)
+
+
 def test_mixed_bank_source_alternates_bank_and_preset_by_seed(root):
     """``bank-mix-heavy``: an image takes the bank's real layers or the heavy-real preset, by its seed alone."""
     from datasets.rainbank import takes_bank
