@@ -33,6 +33,11 @@ PROFILES: dict[str, Profile] = {
                      detection=dict(n_test=60, size=(192, 576), n_train=400, iterations=3000, batch=4,
                                     lr_steps=(2400,), n_boot=200),
                      description="the default: the embedded default (and any real data) on a laptop CPU"),
+    "long": Profile("long", embedded_size=192, real_limit=None, train_iterations=4000, train_batch=16,
+                    train_patch=64,
+                    detection=dict(n_test=60, size=(192, 576), n_boot=200, detector_profile="quick"),
+                    description="quick with four times the derainers' training iterations (about 1.3 h per "
+                                "ResGuideNet on one CPU thread); it scores with quick's detector"),
     "paper": Profile("paper", embedded_size=256, real_limit=None, train_iterations=50_000, train_batch=16,
                      train_patch=128, runtime_repeats=10,
                      detection=dict(n_test=300, size=(192, 576), n_train=2000, iterations=12000, batch=8,

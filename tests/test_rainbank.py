@@ -249,7 +249,7 @@ def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp
 
     with training_allowed(False):
         df = domain_gap_frame(root, profile="smoke", models=(("identity", None), ("baseline", "bank-heavy"),
-                                                                 ("ddn", "no-such.ckpt")))
+                                                                 ("ddn", "no-such.ckpt"), ("baseline", "heavy", "long")))
     held = load_pairs(root, names=split_names(pair_names(root))[1])
     assert [n for n, _, _ in held] == [f"norain-{n}.png" for n in (4, 9, 11, 12, 15, 20)]
     ident, untrained, absent = df.iloc[0], df.iloc[1], df.iloc[2]
@@ -261,5 +261,9 @@ def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp
     assert untrained["status"] == "skipped" and "train baseline" in untrained["note"]
     assert absent["status"] == "skipped" and "no-such" in absent["note"]
     md, _ = write_domain_gap(df, tmp_path)
-    assert "Not scored: baseline (bank-heavy)" in md.read_text()
-    assert "| identity | - | - | " in md.read_text() and ident["rate_schedule"] == ""  # no training record
+    assert "Not scored: baseline (bank-heavy, smoke)" in md.read_text()
+    assert "| identity | - | smoke | - | " in md.read_text() and ident["rate_schedule"] == ""  # no training record
+    # an entry may name its own profile (schedule): it loads that profile's weights
+    own = df.iloc[3]
+    assert own["profile"] == "long" and own["status"] == "skipped" and "long" in own["note"]
+    assert "baseline (heavy, long)" in md.read_text()
