@@ -63,6 +63,7 @@ LR = 2e-4
 CLASSIFIER_SCHEDULE = {
     "smoke": {"iterations": 4, "batch": 2, "images": 6},
     "quick": {"iterations": 400, "batch": 4, "images": 400},
+    "long": {"iterations": 1600, "batch": 4, "images": 400},
     "paper": {"iterations": 3000, "batch": 4, "images": 1200},
 }
 STAGES = ("residual", "classifier", "generator")

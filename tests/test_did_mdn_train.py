@@ -85,3 +85,11 @@ def test_only_the_density_mixture_and_clear_errors(no_weights):
         dt.build_did_mdn(parse_weights("light"), "smoke", None)
     with provider.training_allowed(False), pytest.raises(WeightsUnavailable, match="train did_mdn --rain density"):
         dt.build_did_mdn(parse_weights("density"), "smoke", None)
+
+
+def test_every_profile_has_a_classifier_schedule():
+    """A profile without a classifier stage would fail DID-MDN's training with a bare KeyError."""
+    from core.profiles import PROFILES
+    from models.did_mdn_train import CLASSIFIER_SCHEDULE
+
+    assert set(CLASSIFIER_SCHEDULE) == set(PROFILES)
