@@ -36,7 +36,7 @@ PROFILES: dict[str, Profile] = {
     "long": Profile("long", embedded_size=192, real_limit=None, train_iterations=4000, train_batch=16,
                     train_patch=64,
                     detection=dict(n_test=60, size=(192, 576), n_boot=200, detector_profile="quick"),
-                    description="quick with four times the derainers' training iterations (about 1.3 h per "
+                    description="quick with four times the derainers' training iterations (about 1.5 h per "
                                 "ResGuideNet on one CPU thread); it scores with quick's detector"),
     "paper": Profile("paper", embedded_size=256, real_limit=None, train_iterations=50_000, train_batch=16,
                      train_patch=128, runtime_repeats=10,
