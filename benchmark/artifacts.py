@@ -35,7 +35,7 @@ from models.provider import training_allowed
 from benchmark.rain_look import draw_rain_look, format_table, rain_stats_long
 from core.files import atomic_write_text
 from datasets.rainbank import pair_folder
-from benchmark.domain_gap import domain_gap_frame, write_domain_gap
+from benchmark.domain_gap import MODELS as DOMAIN_GAP_MODELS, domain_gap_frame, write_domain_gap
 
 @dataclass
 class Job:
@@ -192,8 +192,10 @@ def _render_report(job: Job) -> list[Path]:
     figs = [a.id for a in ARTIFACTS.values() if a.kind in ("figure", "picture")]
     figs += [f for a in ARTIFACTS.values() for f in a.report_figures]
     scale = sorted((job.results / "runtime").glob("scale_out*.json")) if job.profile.name == "quick" else []
-    # the shipped weights the models load (not under --results, which moves only the outputs)
-    weights = sorted(provider.WEIGHTS_DIR.glob(f"*-{job.profile.name}.json"))
+    # the shipped weights the models load (not under --results, which moves only the outputs), of this
+    # profile and of the profiles that domain_gap's own entries name
+    profiles = {job.profile.name} | {entry[2] for entry in DOMAIN_GAP_MODELS if len(entry) > 2}
+    weights = sorted(p for name in profiles for p in provider.WEIGHTS_DIR.glob(f"*-{name}.json"))
     return [write_report(report_path(job.results, job.profile.name), job.profile.name, job.tables_dir,
                          job.figures_dir, tables, figs, scale_records=scale, weights_records=weights)]
 
