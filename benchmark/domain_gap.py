@@ -31,9 +31,10 @@ MODELS = (
     ("resguidenet", "bank-mix-heavy"),
     ("resguidenet", "heavy-real-spread"),
     ("resguidenet", "pairs-heavy"),
-    # a four times longer schedule, on the first and on the fitted renderer
+    # a four times longer schedule, on the first and on the fitted renderer, and on the real pairs
     ("resguidenet", "heavy", "long"),
     ("resguidenet", "heavy-real", "long"),
+    ("resguidenet", "pairs-heavy", "long"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
     ("jorder", "heavy"),
