@@ -35,6 +35,8 @@ MODELS = (
     ("resguidenet", "heavy", "long"),
     ("resguidenet", "heavy-real", "long"),
     ("resguidenet", "pairs-heavy", "long"),
+    # the real pairs after the fitted renderer's rain: heavy-real (long), fine-tuned on them
+    ("resguidenet", "pairs-heavy-warm", "long"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
     ("jorder", "heavy"),
@@ -94,7 +96,8 @@ def _schedule(method: str, weights: str | None, profile: str) -> str:
     record = path.with_suffix(".json") if path else None
     if record is None or not record.exists():
         return ""
-    return rate_schedule((json.loads(record.read_text()).get("config") or {}).get("lr_drops")) or ""
+    cfg = json.loads(record.read_text()).get("config") or {}
+    return rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0)) or ""
 
 
 def write_domain_gap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -112,7 +115,9 @@ def write_domain_gap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     skipped = [f"{r.method} ({r.trained_on}, {r.profile}): {r.note}" for r in df.itertuples() if r.status != "ok"]
     lines += ["", f"Note: the last {n} of the 18 real RainTrainH pairs, held out of the fit of `heavy-real` and "
                   "of the rain bank; training data, never a test set. `identity` is the rainy input. Profile: the "
-                  "training schedule (`long`: four times `quick`'s iterations, docs/training.md). Rate "
+                  "training schedule (`long`: four times `quick`'s iterations, docs/training.md). `pairs-heavy`: "
+                  "the 12 fit pairs themselves; `pairs-heavy-warm`: the same, starting from the `heavy-real` "
+                  "model of its profile (so twice the iterations in all). Rate "
                   "schedule: the learning rate in each model's training record (docs/methods.md). Brightness error: "
                   "the output's mean luma minus the clean image's, in grey levels (0-255), averaged over the pairs."
               + (" Not scored: " + "; ".join(skipped) + "." if skipped else "")]

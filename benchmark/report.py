@@ -115,9 +115,11 @@ def weights_section(records: list[Path]) -> list[str]:
     for p in sorted(records, key=lambda p: Path(p).name):
         rec = json.loads(Path(p).read_text(encoding="utf-8"))
         cfg = rec.get("config") or {}
-        schedule = rate_schedule(cfg.get("lr_drops"))
+        schedule = rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0))
         size = f"{cfg['batch']} × {cfg['patch']}²" if "batch" in cfg and "patch" in cfg else None
-        rows.append(f"| `{Path(p).stem}` | {_cell(rec.get('iterations'))} | {_cell(size)} | "
+        start = (rec.get("warm_start") or {}).get("file")
+        name = f"`{Path(p).stem}`" + (f" (from `{Path(start).stem}`)" if start else "")
+        rows.append(f"| {name} | {_cell(rec.get('iterations'))} | {_cell(size)} | "
                     f"{_cell(cfg.get('optimizer'))} | {_cell(cfg.get('lr'))} | {_cell(schedule)} | "
                     f"{_cell(rec.get('seconds'))} | {_cell(rec.get('threads'))} | {_cell(rec.get('final_loss'))} |")
     if not rows:

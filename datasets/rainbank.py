@@ -358,8 +358,9 @@ def bank_renderer(tag: str, data_root: str | Path | None):
 
 
 #: Training sources that are the real pairs themselves: a model trains on crops of the fit pairs'
-#: rainy images against their clean ones (no layer is extracted or composited).
-PAIR_SOURCES = ("pairs-heavy",)
+#: rainy images against their clean ones (no layer is extracted or composited). ``pairs-heavy-warm``
+#: trains on the same crops, starting from a model trained on rendered rain (``models.provider.WARM_STARTS``).
+PAIR_SOURCES = ("pairs-heavy", "pairs-heavy-warm")
 
 
 def fit_pairs(data_root: str | Path | None, holdout: int = HOLDOUT) -> FolderPairs:

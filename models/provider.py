@@ -87,6 +87,13 @@ def training_allowed(flag: bool):
         _TRAINING_ALLOWED.reset(token)
 
 
+#: Sources whose training starts from the weights of another source, of the same family and profile
+#: (fine-tuning): real pairs after the fitted renderer's rain. Such a run warms its rate up over
+#: WARMUP_STEPS (``TrainConfig.warmup``).
+WARM_STARTS = {"pairs-heavy-warm": "heavy-real"}
+WARMUP_STEPS = 200
+
+
 def weights_name(family: str, tag: str, profile: str) -> str:
     return f"{family}-{tag}-{profile}"
 
@@ -147,6 +154,8 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
                   seed=profile.seed, rain=tag, use_ssim=use_ssim)
     if denoise is not None:
         fields.update(task="denoise", sigma=denoise[0], channels=3 if denoise[1] else 1, rain="none")
+    if tag in WARM_STARTS:
+        fields["warmup"] = min(WARMUP_STEPS, profile.train_iterations // 5)
     fields.update(recipe or {})
     cfg = TrainConfig(**fields)
     real = None if denoise is not None else real_training_pairs(data_root, tag)
@@ -170,6 +179,7 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         else:
             rain, data_desc = tag, data_desc + f"; rain synthesised by datasets.rain ({tag})"
         sampler = PatchSampler(images, rain=rain, patch=cfg.patch, seed=cfg.seed)
+    warm = warm_start(net, family, tag, profile_name, data_root)
     opts = _TRAIN_OPTIONS.get()
     device = opts.get("device", "cpu")
     ckpt = checkpoint_path(name)
@@ -180,7 +190,7 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
     if not info["complete"]:
         progress_record = {
             "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg), "training_data": data_desc,
-            "iterations_done": info["iterations"], "iterations": cfg.iterations, "seconds": round(info["seconds"], 1),
+            **warm, "iterations_done": info["iterations"], "iterations": cfg.iterations, "seconds": round(info["seconds"], 1),
             "final_loss": info["final_loss"], "device": device_name(device), "command": command,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -189,9 +199,25 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
             f"{family} ({_what(tag)}, {profile_name} profile) stopped at its time limit after iteration "
             f"{info['iterations']}/{cfg.iterations}; the checkpoint {ckpt} is kept and the same command resumes it")
     return save_trained(family, tag, profile_name, net, {
-        "config": asdict(cfg), "training_data": data_desc, "iterations": info["iterations"],
+        "config": asdict(cfg), "training_data": data_desc, **warm, "iterations": info["iterations"],
         "seconds": round(info["seconds"], 1), "final_loss": info["final_loss"],
         "patches_per_s": info["patches_per_s"], "command": command})
+
+
+def warm_start(net: nn.Module, family: str, tag: str, profile: str, data_root) -> dict:
+    """Load the start weights of a :data:`WARM_STARTS` source into ``net``; returns the record's
+    ``{"warm_start": {tag, file, sha256}}`` ({} for any other source). The start weights are not
+    trained on the way: WeightsUnavailable names the command that makes them."""
+    start = WARM_STARTS.get(tag)
+    if start is None:
+        return {}
+    path = find(family, start, profile)
+    if path is None:
+        raise WeightsUnavailable(
+            f"{family} ({_what(tag)}, {profile} profile) starts from the {start} weights of the same profile, "
+            f"which are not here; make them first: {train_command(family, start, profile, data_root and 'DATA')}")
+    load_weights(net, path)
+    return {"warm_start": {"tag": start, "file": path.name, "sha256": file_identity(path)["sha256"]}}
 
 
 def save_trained(family: str, tag: str, profile: str, net: nn.Module, fields: dict) -> Path:

@@ -68,7 +68,9 @@ class TrainConfig:
     output) or "cross_entropy" (the output is logits, the target class indices) is DID-MDN's.
     ``lr_drops``: fractions of ``iterations`` after which the learning rate is multiplied by 0.1
     (DDN: 1/3 and 2/3); the rate of a step is a function of the step alone, so a resumed run
-    follows the same schedule.
+    follows the same schedule. ``warmup``: the rate rises linearly from ``lr / warmup`` to ``lr`` over
+    the first ``warmup`` steps (a run that starts from trained weights: RMSprop's first steps, with
+    its averages still empty, are ten times the rate and would wreck them).
     """
 
     iterations: int
@@ -86,12 +88,15 @@ class TrainConfig:
     optimizer: str = "rmsprop"
     loss: str = "resguide"
     lr_drops: tuple[float, ...] = ()
+    warmup: int = 0
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.batch < 1 or self.patch < 1 or self.ckpt_every < 1:
             raise ValueError("batch, patch and ckpt_every must be positive")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.task not in ("derain", "denoise"):
@@ -108,16 +113,20 @@ class TrainConfig:
             raise ValueError(f"lr_drops must be increasing fractions of the iterations in (0, 1), got {self.lr_drops!r}")
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of 1-based ``step``: ``lr`` times 0.1 per drop fraction it has passed."""
+        """The learning rate of 1-based ``step``: ``lr`` times 0.1 per drop fraction it has passed
+        (times ``step / warmup`` during the warm-up)."""
         passed = sum(step > f * self.iterations for f in self.lr_drops)
-        return self.lr * 0.1 ** passed
+        ramp = min(1.0, step / self.warmup) if self.warmup else 1.0
+        return self.lr * 0.1 ** passed * ramp
 
 
-def rate_schedule(lr_drops) -> str | None:
-    """``TrainConfig.lr_drops`` in words for tables: "constant", "×0.1 after 80%"; None if unknown."""
+def rate_schedule(lr_drops, warmup: int = 0) -> str | None:
+    """``TrainConfig.lr_drops`` (and ``warmup``) in words for tables: "constant", "×0.1 after 80%",
+    "warm-up 200, ×0.1 after 80%"; None if unknown."""
     if lr_drops is None:
         return None
-    return "×0.1 after " + ", ".join(f"{float(f):.0%}" for f in lr_drops) if lr_drops else "constant"
+    words = "×0.1 after " + ", ".join(f"{float(f):.0%}" for f in lr_drops) if lr_drops else "constant"
+    return f"warm-up {int(warmup)}, {words}" if warmup else words
 
 
 # --------------------------------------------------------------------------
@@ -285,7 +294,7 @@ def train(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.lr_drops:
+            if cfg.lr_drops or cfg.warmup:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr_at(iteration + 1)
             optimizer.step()

@@ -267,3 +267,50 @@ def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp
     own = df.iloc[3]
     assert own["profile"] == "long" and own["status"] == "skipped" and "long" in own["note"]
     assert "baseline (heavy, long)" in md.read_text()
+
+
+def test_warm_source_starts_from_the_rendered_rain_model(root, no_weights, monkeypatch, capsys):
+    """``pairs-heavy-warm`` fine-tunes the ``heavy-real`` model of the same profile on the fit pairs:
+    without it, the error names the command that makes it; with it, training starts from exactly those
+    weights (the record names their file and hash) and warms its rate up."""
+    import json
+
+    import torch
+
+    from benchmark.run import main
+    from core.profiles import PROFILES, Profile
+    from models import provider, registry
+    from models.registry import file_identity
+
+    monkeypatch.setitem(PROFILES, "smoke", Profile("smoke", embedded_size=64, real_limit=8, train_iterations=10,
+                                                   train_batch=2, train_patch=16, runtime_size=64))
+    argv = ["train", "resguidenet", "--rain", "pairs-heavy-warm", "--profile", "smoke", "--data-root", str(root),
+            "--no-progress"]
+    assert main(argv) != 0
+    assert "python -m benchmark.run train resguidenet --rain heavy-real --profile smoke" in capsys.readouterr().err
+    assert not list((no_weights / "cache").glob("resguidenet-pairs-heavy-warm-*"))
+
+    torch.manual_seed(5)
+    start = registry.load("resguidenet", "init", "smoke")[0].net
+    start_file = provider.save_trained("resguidenet", "heavy-real", "smoke", start, {})
+    assert main(argv) == 0
+    record = json.loads((no_weights / "cache" / "resguidenet-pairs-heavy-warm-smoke.json").read_text())
+    assert record["warm_start"] == {"tag": "heavy-real", "file": start_file.name,
+                                    "sha256": file_identity(start_file)["sha256"]}
+    assert record["config"]["warmup"] == 2 and record["config"]["rain"] == "pairs-heavy-warm"
+    tuned = registry.load("resguidenet", "pairs-heavy-warm", "smoke")[0].net.state_dict()
+    fresh = registry.load("resguidenet", "init", "smoke")[0].net.state_dict()
+    gap = lambda a: max(float((a[k] - start.state_dict()[k]).abs().max()) for k in a)  # noqa: E731
+    assert gap(tuned) < 0.1 < gap(fresh)  # ten small steps away from the start, not from a fresh init
+
+
+def test_warmup_ramps_the_rate_up_before_the_drops():
+    from models.train import TrainConfig
+
+    cfg = TrainConfig(iterations=10, lr=1.0, warmup=4, lr_drops=(0.8,))
+    assert [round(cfg.lr_at(s), 6) for s in range(1, 11)] == [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 0.1, 0.1]
+    from models.train import rate_schedule
+
+    assert rate_schedule([0.8], 200) == "warm-up 200, ×0.1 after 80%" and rate_schedule([0.8]) == "×0.1 after 80%"
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(iterations=10, warmup=-1)

@@ -182,10 +182,15 @@ def test_report_lists_how_each_shipped_model_was_trained(tmp_path):
         "config": {"batch": 16, "patch": 64, "optimizer": "rmsprop", "lr": 0.001, "lr_drops": [0.8]}}))
     (tmp_path / "b-density-quick.json").write_text(json.dumps({
         "iterations": {"residual": 1000, "classifier": 400}, "config": {"lr_drops": []}}))
+    (tmp_path / "c-warm-long.json").write_text(json.dumps({
+        "iterations": 4000, "warm_start": {"tag": "heavy-real", "file": "c-heavy-real-long.pt"},
+        "config": {"lr_drops": [0.8], "warmup": 200}}))
     text = write_report(tmp_path / "R.md", "quick", tmp_path, tmp_path, [], [],
                         weights_records=sorted(tmp_path.glob("*.json"))).read_text()
     assert "## Trained weights" in text
     assert "| `a-light-quick` | 1000 | 16 × 64² | rmsprop | 0.001 | ×0.1 after 80% | 12.5 | 1 | 0.07123 |" in text
     assert "| `b-density-quick` | residual 1000, classifier 400 | – | – | – | constant | – | – | – |" in text
+    assert ("| `c-warm-long` (from `c-heavy-real-long`) | 4000 | – | – | – | warm-up 200, ×0.1 after 80% | – | – | – |"
+            in text)
     # no records, no section
     assert "## Trained weights" not in write_report(tmp_path / "S.md", "quick", tmp_path, tmp_path, [], []).read_text()
