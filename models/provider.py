@@ -190,8 +190,9 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
     if not info["complete"]:
         progress_record = {
             "family": family, "tag": tag, "profile": profile_name, "config": asdict(cfg), "training_data": data_desc,
-            **warm, "iterations_done": info["iterations"], "iterations": cfg.iterations, "seconds": round(info["seconds"], 1),
-            "final_loss": info["final_loss"], "device": device_name(device), "command": command,
+            **warm, "iterations_done": info["iterations"], "iterations": cfg.iterations,
+            "seconds": round(info["seconds"], 1), "final_loss": info["final_loss"], "device": device_name(device),
+            "command": command,
             "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         (CACHE_DIR / f"{name}.ckpt.json").write_text(json.dumps(progress_record, indent=1) + "\n")
