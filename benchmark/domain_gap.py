@@ -31,11 +31,11 @@ MODELS = (
     ("resguidenet", "bank-mix-heavy"),
     ("resguidenet", "heavy-real-spread"),
     ("resguidenet", "pairs-heavy"),
+    ("resguidenet", "pairs-heavy-warm"),  # heavy-real of the same profile, fine-tuned on the real pairs
     # a four times longer schedule, on the first and on the fitted renderer, and on the real pairs
     ("resguidenet", "heavy", "long"),
     ("resguidenet", "heavy-real", "long"),
     ("resguidenet", "pairs-heavy", "long"),
-    # the real pairs after the fitted renderer's rain: heavy-real (long), fine-tuned on them
     ("resguidenet", "pairs-heavy-warm", "long"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
