@@ -305,12 +305,10 @@ def test_warm_source_starts_from_the_rendered_rain_model(root, no_weights, monke
 
 
 def test_warmup_ramps_the_rate_up_before_the_drops():
-    from models.train import TrainConfig
+    from models.train import TrainConfig, rate_schedule
 
     cfg = TrainConfig(iterations=10, lr=1.0, warmup=4, lr_drops=(0.8,))
     assert [round(cfg.lr_at(s), 6) for s in range(1, 11)] == [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 0.1, 0.1]
-    from models.train import rate_schedule
-
     assert rate_schedule([0.8], 200) == "warm-up 200, ×0.1 after 80%" and rate_schedule([0.8]) == "×0.1 after 80%"
     with pytest.raises(ValueError, match="warmup"):
         TrainConfig(iterations=10, warmup=-1)
