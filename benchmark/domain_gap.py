@@ -32,6 +32,7 @@ MODELS = (
     ("resguidenet", "heavy-real-spread"),
     ("resguidenet", "pairs-heavy"),
     ("resguidenet", "pairs-heavy-warm"),  # heavy-real of the same profile, fine-tuned on the real pairs
+    ("resguidenet", "pairs-mix-heavy-warm"),  # the same, half the batch bank rain over other backgrounds
     # a four times longer schedule, on the first and on the fitted renderer, and on the real pairs
     ("resguidenet", "heavy", "long"),
     ("resguidenet", "heavy-real", "long"),
@@ -97,7 +98,7 @@ def _schedule(method: str, weights: str | None, profile: str) -> str:
     if record is None or not record.exists():
         return ""
     cfg = json.loads(record.read_text()).get("config") or {}
-    return rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0)) or ""
+    return rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0), cfg.get("ema", 0.0)) or ""
 
 
 def write_domain_gap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -117,8 +118,10 @@ def write_domain_gap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                   "of the rain bank; training data, never a test set. `identity` is the rainy input. Profile: the "
                   "training schedule (`long`: four times `quick`'s iterations, docs/training.md). `pairs-heavy`: "
                   "the 12 fit pairs themselves; `pairs-heavy-warm`: the same, starting from the `heavy-real` "
-                  "model of its profile (so twice the iterations in all). Rate "
-                  "schedule: the learning rate in each model's training record (docs/methods.md). Brightness error: "
+                  "model of its profile (so twice the iterations in all); `pairs-mix-heavy-warm`: from the same "
+                  "start, half of each batch the fit pairs, half `bank-heavy` rain over the clean training images, "
+                  "shipping its weight average. Rate schedule: the learning rate in each model's training record "
+                  "(docs/methods.md), and the weight average's decay where there is one. Brightness error: "
                   "the output's mean luma minus the clean image's, in grey levels (0-255), averaged over the pairs."
               + (" Not scored: " + "; ".join(skipped) + "." if skipped else "")]
     md, csv = Path(out_dir) / "domain_gap.md", Path(out_dir) / "domain_gap.csv"

@@ -115,7 +115,7 @@ def weights_section(records: list[Path]) -> list[str]:
     for p in sorted(records, key=lambda p: Path(p).name):
         rec = json.loads(Path(p).read_text(encoding="utf-8"))
         cfg = rec.get("config") or {}
-        schedule = rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0))
+        schedule = rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0), cfg.get("ema", 0.0))
         size = f"{cfg['batch']} × {cfg['patch']}²" if "batch" in cfg and "patch" in cfg else None
         start = (rec.get("warm_start") or {}).get("file")
         name = f"`{Path(p).stem}`" + (f" (from `{Path(start).stem}`)" if start else "")

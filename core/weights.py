@@ -27,7 +27,7 @@ from pathlib import Path
 
 #: The rain types the suite trains derainers for.
 RAIN_TAGS = ("light", "heavy", "ddn", "light-real", "heavy-real", "heavy-real-spread", "bank-heavy", "bank-mix-heavy",
-             "pairs-heavy", "pairs-heavy-warm", "density")
+             "pairs-heavy", "pairs-heavy-warm", "pairs-mix-heavy-warm", "density")
 
 _DENOISE_TAG = re.compile(r"^denoise(?P<color>-color)?-s(?P<sigma>[0-9]+)$")
 _OFFICIAL_TAG = re.compile(r"^official-s(?P<sigma>[0-9]+)$")

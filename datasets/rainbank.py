@@ -59,6 +59,7 @@ __all__ = [
     "load_bank",
     "add_bank_rain",
     "PAIR_SOURCES",
+    "PAIR_MIX",
     "fit_pairs",
 ]
 
@@ -360,7 +361,10 @@ def bank_renderer(tag: str, data_root: str | Path | None):
 #: Training sources that are the real pairs themselves: a model trains on crops of the fit pairs'
 #: rainy images against their clean ones (no layer is extracted or composited). ``pairs-heavy-warm``
 #: trains on the same crops, starting from a model trained on rendered rain (``models.provider.WARM_STARTS``).
-PAIR_SOURCES = ("pairs-heavy", "pairs-heavy-warm")
+PAIR_SOURCES = ("pairs-heavy", "pairs-heavy-warm", "pairs-mix-heavy-warm")
+#: Pair sources whose batches are half the fit pairs' crops, half clean training backgrounds under the
+#: rain of this bank source (:data:`BANK_SOURCES`): the same real rain over more backgrounds.
+PAIR_MIX = {"pairs-mix-heavy-warm": "bank-heavy"}
 
 
 def fit_pairs(data_root: str | Path | None, holdout: int = HOLDOUT) -> FolderPairs:

@@ -41,9 +41,9 @@ from datasets.training import (
 )
 from models.checkpoints import load_weights, save_weights
 from models.registry import file_identity
-from models.samplers import NoisyPatchSampler, PairedPatchSampler, PatchSampler
+from models.samplers import NoisyPatchSampler, PairedPatchSampler, PatchSampler, SplitSampler
 from models.train import TrainConfig, train
-from datasets.rainbank import BANK_SOURCES, PAIR_SOURCES, bank_renderer, fit_pairs
+from datasets.rainbank import BANK_SOURCES, PAIR_MIX, PAIR_SOURCES, bank_renderer, fit_pairs
 
 #: Training cache; ``RESGUIDE_CACHE`` moves it (the tests point it at a temporary folder).
 CACHE_DIR = cache_root() / "weights"
@@ -90,8 +90,10 @@ def training_allowed(flag: bool):
 #: Sources whose training starts from the weights of another source, of the same family and profile
 #: (fine-tuning): real pairs after the fitted renderer's rain. Such a run warms its rate up over
 #: WARMUP_STEPS (``TrainConfig.warmup``).
-WARM_STARTS = {"pairs-heavy-warm": "heavy-real"}
+WARM_STARTS = {"pairs-heavy-warm": "heavy-real", "pairs-mix-heavy-warm": "heavy-real"}
 WARMUP_STEPS = 200
+#: Sources whose run ships the moving average of its weights with this decay (``TrainConfig.ema``).
+WEIGHT_AVERAGE = {"pairs-mix-heavy-warm": 0.999}
 
 
 def weights_name(family: str, tag: str, profile: str) -> str:
@@ -156,6 +158,8 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         fields.update(task="denoise", sigma=denoise[0], channels=3 if denoise[1] else 1, rain="none")
     if tag in WARM_STARTS:
         fields["warmup"] = min(WARMUP_STEPS, profile.train_iterations // 5)
+    if tag in WEIGHT_AVERAGE:
+        fields["ema"] = WEIGHT_AVERAGE[tag]
     fields.update(recipe or {})
     cfg = TrainConfig(**fields)
     real = None if denoise is not None else real_training_pairs(data_root, tag)
@@ -172,6 +176,12 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         pairs = fit_pairs(data_root)
         sampler = PairedPatchSampler(pairs, patch=cfg.patch, seed=cfg.seed)
         data_desc = f"the {len(pairs)} fit pairs of {pairs.name} ({', '.join(p.name for p in pairs.pairs)}), as they are"
+        if tag in PAIR_MIX:  # half of each batch: the bank's real layers over the clean training images
+            images, images_desc = training_images(data_root)
+            bank = PatchSampler(images, rain=bank_renderer(PAIR_MIX[tag], data_root), patch=cfg.patch, seed=cfg.seed + 1)
+            sampler = SplitSampler(sampler, bank)
+            data_desc = (f"half of each batch: {data_desc}; the other half: {images_desc} under the real rain "
+                         f"layers of the bank ({PAIR_MIX[tag]})")
     else:
         images, data_desc = training_images(data_root)
         if tag in BANK_SOURCES:

@@ -129,6 +129,30 @@ class PairedPatchSampler:
 
 
 
+class SplitSampler:
+    """A batch whose first ``n // 2`` patches come from ``first`` and the rest from ``second`` (e.g.
+    the real pairs and real rain layers composited over other backgrounds); each part is its
+    sampler's batch of the same step, so the batch stays a pure function of (seed, step)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def batch(self, n: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rainy, clean = self.arrays(n, step)
+        return _to_tensor(rainy), _to_tensor(clean)
+
+    def arrays(self, n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        if n < 2:
+            raise ValueError(f"SplitSampler: a batch of {n} cannot be split between two sources")
+        a_rainy, a_clean = self.first.arrays(n // 2, step)
+        b_rainy, b_clean = self.second.arrays(n - n // 2, step)
+        return np.concatenate([a_rainy, b_rainy]), np.concatenate([a_clean, b_clean])
+
+
+
 #: Third seed word of the per-patch noise generators; the batch generator's seed [seed, step] is
 #: padded with zeros by numpy's SeedSequence, so [seed, step, 1, i] never repeats it.
 _NOISE_STREAM = 1

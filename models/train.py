@@ -34,6 +34,7 @@ from models.checkpoints import (
     restore_checkpoint,
     write_checkpoint,
 )
+from models.averaging import WeightAverage
 from models.colour import rgb2ycbcr
 from models.losses import resguide_loss
 from models.samplers import Batches, NoisyPatchSampler, PatchSampler
@@ -70,7 +71,9 @@ class TrainConfig:
     (DDN: 1/3 and 2/3); the rate of a step is a function of the step alone, so a resumed run
     follows the same schedule. ``warmup``: the rate rises linearly from ``lr / warmup`` to ``lr`` over
     the first ``warmup`` steps (a run that starts from trained weights: RMSprop's first steps, with
-    its averages still empty, are ten times the rate and would wreck them).
+    its averages still empty, are ten times the rate and would wreck them). ``ema``: when above 0, the
+    run ships an exponential moving average of its weights with this decay
+    (:class:`models.averaging.WeightAverage`) in place of its last step's weights.
     """
 
     iterations: int
@@ -89,6 +92,7 @@ class TrainConfig:
     loss: str = "resguide"
     lr_drops: tuple[float, ...] = ()
     warmup: int = 0
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -97,6 +101,8 @@ class TrainConfig:
             raise ValueError("batch, patch and ckpt_every must be positive")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must lie in [0, 1) (0: no weight average), got {self.ema}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.task not in ("derain", "denoise"):
@@ -120,13 +126,14 @@ class TrainConfig:
         return self.lr * 0.1 ** passed * ramp
 
 
-def rate_schedule(lr_drops, warmup: int = 0) -> str | None:
-    """``TrainConfig.lr_drops`` (and ``warmup``) in words for tables: "constant", "×0.1 after 80%",
-    "warm-up 200, ×0.1 after 80%"; None if unknown."""
+def rate_schedule(lr_drops, warmup: int = 0, ema: float = 0.0) -> str | None:
+    """``TrainConfig.lr_drops`` (and ``warmup``, ``ema``) in words for tables: "constant", "×0.1 after
+    80%", "warm-up 200, ×0.1 after 80%, weight average 0.999"; None if unknown."""
     if lr_drops is None:
         return None
     words = "×0.1 after " + ", ".join(f"{float(f):.0%}" for f in lr_drops) if lr_drops else "constant"
-    return f"warm-up {int(warmup)}, {words}" if warmup else words
+    words = f"warm-up {int(warmup)}, {words}" if warmup else words
+    return f"{words}, weight average {float(ema):g}" if ema else words
 
 
 # --------------------------------------------------------------------------
@@ -242,6 +249,7 @@ def train(
     torch.manual_seed(cfg.seed)
     net.to(device)
     optimizer = _optimizer(cfg, net.parameters())
+    average = WeightAverage(net, cfg.ema) if cfg.ema else None
 
     iteration = 0
     seconds = 0.0
@@ -255,8 +263,14 @@ def train(
         seconds = float(ckpt.get("seconds", 0.0))
         history = [(int(i), float(v)) for i, v in ckpt.get("loss_history", [])]
         final_loss = ckpt.get("final_loss")
+        if average is not None and iteration:
+            if "ema" not in ckpt:
+                raise ValueError(f"{ckpt_path}: checkpoint of a run with a weight average holds none")
+            average.load(ckpt["ema"], str(ckpt_path))
         say(f"resuming from {ckpt_path} at iteration {iteration}/{cfg.iterations}")
         if iteration >= cfg.iterations:
+            if average is not None:
+                average.copy_to(net)
             net.to("cpu")
             return _summary(iteration, seconds, final_loss, history, cfg.batch)
 
@@ -268,7 +282,8 @@ def train(
         saved_seconds = seconds + (time.perf_counter() - t0)
         write_checkpoint(ckpt_path, net, optimizer, saved_iteration, {
             "iteration": iteration, "seconds": saved_seconds, "config": asdict(cfg),
-            "loss_history": list(history), "final_loss": final_loss})
+            "loss_history": list(history), "final_loss": final_loss,
+            **({"ema": average.state()} if average is not None else {})})
         saved_iteration = iteration
 
     net.train()
@@ -299,6 +314,8 @@ def train(
                     group["lr"] = cfg.lr_at(iteration + 1)
             optimizer.step()
             iteration += 1
+            if average is not None:
+                average.update(net, iteration)
             final_loss = value
             if iteration == 1 or iteration % HISTORY_EVERY == 0 or iteration == cfg.iterations:
                 history.append((iteration, value))
@@ -316,6 +333,8 @@ def train(
     # returned and the saved totals agree (the final write itself is not counted).
     seconds = saved_seconds
     result = _summary(iteration, seconds, final_loss, history, cfg.batch, complete=iteration >= cfg.iterations)
+    if average is not None and result["complete"]:
+        average.copy_to(net)
     if not result["complete"]:
         say(f"stopped after {max_seconds} s at iteration {iteration}/{cfg.iterations}; rerun to resume")
     say(

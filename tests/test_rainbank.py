@@ -310,5 +310,33 @@ def test_warmup_ramps_the_rate_up_before_the_drops():
     cfg = TrainConfig(iterations=10, lr=1.0, warmup=4, lr_drops=(0.8,))
     assert [round(cfg.lr_at(s), 6) for s in range(1, 11)] == [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 0.1, 0.1]
     assert rate_schedule([0.8], 200) == "warm-up 200, ×0.1 after 80%" and rate_schedule([0.8]) == "×0.1 after 80%"
+    assert rate_schedule([0.8], 200, 0.999) == "warm-up 200, ×0.1 after 80%, weight average 0.999"
     with pytest.raises(ValueError, match="warmup"):
         TrainConfig(iterations=10, warmup=-1)
+
+
+def test_mixed_pair_source_fine_tunes_on_pairs_and_bank_and_ships_the_average(root, no_weights, monkeypatch):
+    """``pairs-mix-heavy-warm``: from the ``heavy-real`` model, on batches that are half fit-pair crops and
+    half bank rain over the clean training images; it ships its weight average (its record says so)."""
+    import json
+
+    import torch
+
+    from benchmark.run import main
+    from core.profiles import PROFILES, Profile
+    from models import provider, registry
+
+    monkeypatch.setitem(PROFILES, "smoke", Profile("smoke", embedded_size=64, real_limit=8, train_iterations=10,
+                                                   train_batch=2, train_patch=16, runtime_size=64))
+    torch.manual_seed(5)
+    provider.save_trained("resguidenet", "heavy-real", "smoke", registry.load("resguidenet", "init", "smoke")[0].net, {})
+    assert main(["train", "resguidenet", "--rain", "pairs-mix-heavy-warm", "--profile", "smoke", "--data-root",
+                 str(root), "--no-progress"]) == 0
+    cache = no_weights / "cache"
+    record = json.loads((cache / "resguidenet-pairs-mix-heavy-warm-smoke.json").read_text())
+    assert record["config"]["ema"] == provider.WEIGHT_AVERAGE["pairs-mix-heavy-warm"] and record["warm_start"]
+    assert record["training_data"].startswith("half of each batch: the 2 fit pairs")
+    assert "real rain layers of the bank (bank-heavy)" in record["training_data"]
+    shipped = registry.load("resguidenet", "pairs-mix-heavy-warm", "smoke")[0].net.state_dict()
+    average = torch.load(cache / "resguidenet-pairs-mix-heavy-warm-smoke.ckpt", weights_only=True)["ema"]
+    assert all(torch.equal(shipped[k], average[k]) for k in average)

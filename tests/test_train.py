@@ -287,3 +287,37 @@ def test_suite_training_is_a_function_of_the_seed_not_of_the_rng_before_it(no_we
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
+
+
+def test_weight_average_is_shipped_and_resumes_exactly(sampler, tmp_path):
+    """A run with ``ema`` ships the moving average of its steps' weights (checked against the average
+    computed by hand from every step's weights), and a run resumed step by step ships the same."""
+    cfg = dict(ema=0.3, ckpt_every=1)  # the decay caps (1+t)/(10+t) from step 3 on
+    whole = _net(0)
+    train(whole, outputs, sampler, _cfg(**cfg), tmp_path / "whole.pt", progress=False)
+
+    average = {k: v.clone() for k, v in _net(0).state_dict().items()}
+    for t in range(1, 7):  # one step per call: the checkpoint holds that step's own weights
+        steps = _net(0 if t == 1 else 100 + t)  # a resumed run starts from the checkpoint, whatever the init
+        train(steps, outputs, sampler, _cfg(iterations=t, **cfg), tmp_path / "steps.pt", progress=False)
+        raw = torch.load(tmp_path / "steps.pt", weights_only=True)["model"]
+        d = min(0.3, (1 + t) / (10 + t))
+        average = {k: d * average[k] + (1 - d) * raw[k] for k in average}
+    for k, v in steps.state_dict().items():
+        assert torch.allclose(v, average[k], atol=1e-6), k
+        assert torch.equal(v, whole.state_dict()[k]), k
+        assert not torch.allclose(v, raw[k]), k  # the average, not the last step
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(iterations=3, ema=1.0)
+
+
+def test_split_sampler_takes_half_of_each_batch_from_each_source(sampler):
+    from models.samplers import SplitSampler
+
+    other = PatchSampler(sampler.images, "heavy", patch=16, seed=9)
+    split = SplitSampler(sampler, other)
+    rainy, clean = split.arrays(5, 4)
+    assert np.array_equal(rainy[:2], sampler.arrays(2, 4)[0]) and np.array_equal(clean[2:], other.arrays(3, 4)[1])
+    assert np.array_equal(split.arrays(5, 4)[0], rainy) and split.batch(5, 4)[0].shape == (5, 3, 16, 16)
+    with pytest.raises(ValueError, match="cannot be split"):
+        split.arrays(1, 0)
