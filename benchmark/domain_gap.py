@@ -19,7 +19,7 @@ from core.files import atomic_write_text
 from core.metrics import image_metrics, mean_offset_y
 from datasets.rainbank import HOLDOUT, load_pairs, pair_names, split_names
 from models import provider, registry
-from models.train import rate_schedule
+from models.train import record_schedule
 
 #: (method, weights[, profile]): the rainy input, then each derainer trained on each heavy rain source;
 #: an entry without a profile is scored at the table's profile.
@@ -97,8 +97,7 @@ def _schedule(method: str, weights: str | None, profile: str) -> str:
     record = path.with_suffix(".json") if path else None
     if record is None or not record.exists():
         return ""
-    cfg = json.loads(record.read_text()).get("config") or {}
-    return rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0), cfg.get("ema", 0.0)) or ""
+    return record_schedule(json.loads(record.read_text()).get("config") or {}) or ""
 
 
 def write_domain_gap(df: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from core.files import atomic_write_text
-from models.train import rate_schedule
+from models.train import record_schedule
 
 #: Where and why the reproduction departs from the paper (kept in step with the README).
 DIFFERENCES = (
@@ -115,7 +115,7 @@ def weights_section(records: list[Path]) -> list[str]:
     for p in sorted(records, key=lambda p: Path(p).name):
         rec = json.loads(Path(p).read_text(encoding="utf-8"))
         cfg = rec.get("config") or {}
-        schedule = rate_schedule(cfg.get("lr_drops"), cfg.get("warmup", 0), cfg.get("ema", 0.0))
+        schedule = record_schedule(cfg)
         size = f"{cfg['batch']} × {cfg['patch']}²" if "batch" in cfg and "patch" in cfg else None
         start = (rec.get("warm_start") or {}).get("file")
         name = f"`{Path(p).stem}`" + (f" (from `{Path(start).stem}`)" if start else "")

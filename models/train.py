@@ -136,6 +136,11 @@ def rate_schedule(lr_drops, warmup: int = 0, ema: float = 0.0) -> str | None:
     return f"{words}, weight average {float(ema):g}" if ema else words
 
 
+def record_schedule(config: dict) -> str | None:
+    """:func:`rate_schedule` of a training record's ``config`` (fields it lacks take their defaults)."""
+    return rate_schedule(config.get("lr_drops"), config.get("warmup", 0), config.get("ema", 0.0))
+
+
 # --------------------------------------------------------------------------
 # patches
 
@@ -263,7 +268,7 @@ def train(
         seconds = float(ckpt.get("seconds", 0.0))
         history = [(int(i), float(v)) for i, v in ckpt.get("loss_history", [])]
         final_loss = ckpt.get("final_loss")
-        if average is not None and iteration:
+        if average is not None:
             if "ema" not in ckpt:
                 raise ValueError(f"{ckpt_path}: checkpoint of a run with a weight average holds none")
             average.load(ckpt["ema"], str(ckpt_path))
