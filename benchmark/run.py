@@ -7,7 +7,8 @@
     list                                                           tables, methods, datasets, profiles
     score   METHOD DATASET [--data-root DIR] [--weights W] [--limit N] [--dtype D] [--contiguous] [--tile T]
     params  METHOD                                                 parameter counts
-    train   METHOD [--rain light|heavy | --sigma N [--grey|--color]] [--profile P] [--data-root DIR] [--ship]
+    train   METHOD [--rain light|heavy [--seed N] | --sigma N [--grey|--color]] [--profile P] [--data-root DIR]
+            [--ship]
             [--device cuda] [--workers N] [--max-seconds S]      (exit 3: stopped at the limit, rerun resumes)
     render  [--profile P] [--check]                                tables + report from stored cells
     runtime METHOD [--size 500] [--device cpu|cuda] [--dtype float32|bfloat16] [--batch N] [--repeats N]
@@ -35,7 +36,7 @@ from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLoc
 from benchmark.runtime import measure, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
-from core.weights import RAIN_TAGS, denoise_tag
+from core.weights import RAIN_TAGS, denoise_tag, seeded_tag
 from datasets.catalog import EMBEDDED, data_root_from, open_dataset
 from datasets.names import REGISTERED
 from datasets.noisy import refuse_seen_test_set
@@ -122,13 +123,15 @@ def cmd_params(method: str) -> int:
 
 def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, ship: bool, progress=True,
               device: str = "cpu", workers: int = 0, max_seconds: float | None = None,
-              sigma: int | None = None, colour: bool | None = None) -> int:
+              sigma: int | None = None, colour: bool | None = None, seed: int | None = None) -> int:
     """Train (or resume training) a method the suite trains itself; ``--ship`` copies the weights
     and their record into results/weights/ for committing.
 
     A derainer trains for ``rain`` (default light); a denoiser (Table 5) for noise level ``sigma``
-    (0-255 scale), grey or ``colour`` (default: the method's own channels, grey for resguidenet)."""
-    get_profile(profile_name)
+    (0-255 scale), grey or ``colour`` (default: the method's own channels, grey for resguidenet).
+    ``seed`` (derainers) trains a repeat with that seed in place of the profile's: weights tag
+    ``RAIN-seedN``."""
+    profile = get_profile(profile_name)
     spec = registry.get(method)
     family = getattr(spec.factory, "family", None)
     if family is None:
@@ -140,11 +143,15 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
         if "derain" not in tasks:
             raise ValueError(f"{method} is a denoiser: train it with --sigma N (noise level on the 0-255 scale), "
                              "not --rain")
-        tag = rain = rain or "light"
+        rain = rain or "light"
         if rain not in RAIN_TAGS:
             raise ValueError(f"unknown rain {rain!r} for --rain; the suite trains derainers for: "
                              f"{', '.join(RAIN_TAGS)}")
+        tag = seeded_tag(rain, None if seed == profile.seed else seed)  # the profile's seed: the plain tag
     else:
+        if seed is not None:
+            raise ValueError("--seed trains a derainer's repeat (with --rain); denoisers train with their "
+                             "profile's seed")
         if "denoise" not in tasks:
             can = sorted(m for m in registry.names()
                          if m == getattr(registry.get(m).factory, "family", None)
@@ -180,7 +187,7 @@ def cmd_train(method: str, rain: str | None, profile_name: str, data_root_arg, s
         path = provider.ship(family, tag, profile_name)
     record = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
     print(json.dumps({"method": method, "family": family, "rain": rain if sigma is None else None, "sigma": sigma,
-                      "colour": colour, "tag": tag, "profile": profile_name,
+                      "colour": colour, "seed": seed, "tag": tag, "profile": profile_name,
                       "weights": str(path), "seconds": record.get("seconds"),
                       "iterations": record.get("iterations"), "final_loss": record.get("final_loss")}))
     return 0
@@ -263,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     task = p.add_mutually_exclusive_group()
     task.add_argument("--rain", default=None, help="derainers: rain type of the training data: light (default), "
                       "heavy, ...")
+    p.add_argument("--seed", type=_at_least(0), default=None,
+                   help="derainers: train a repeat with this seed in place of the profile's (weights tag "
+                        "RAIN-seedN, e.g. --weights heavy-seed1)")
     task.add_argument("--sigma", type=int, default=None,
                       help="denoisers (Table 5): Gaussian noise level on the 0-255 scale, e.g. 10, 30, 70")
     chans = p.add_mutually_exclusive_group()
@@ -400,7 +410,8 @@ def main(argv=None) -> int:
             return cmd_params(args.method)
         if args.command == "train":
             return cmd_train(args.method, args.rain, args.profile, args.data_root, args.ship, args.progress,
-                             args.device, args.workers, args.max_seconds, args.sigma, args.colour)
+                             args.device, args.workers, args.max_seconds, args.sigma, args.colour,
+                             args.seed)
         if args.command == "render":
             return cmd_render(Job(get_profile(args.profile), None, args.results, measure=False), args.check)
         if args.command == "runtime":

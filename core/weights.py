@@ -1,6 +1,6 @@
 """What a ``--weights`` value asks for, parsed once at the edge into a small value type.
 
-The text has eight spellings, each with one meaning:
+The text has nine spellings, each with one meaning:
 
 ============================  ==========  ===============================================
 text                          kind        meaning
@@ -8,6 +8,7 @@ text                          kind        meaning
 (none)                        default     the method's own default (its factory decides)
 ``init``                      init        the bare architecture, freshly initialised
 ``light`` ``heavy`` ``ddn``   rain        the suite-trained model for that rain
+``heavy-seed1``               rain        the same, trained with seed 1 (a repeat, docs/training.md)
 ``official``                  official    the authors' checkpoint under the data root
 ``official-s25``              official    the authors' model for noise level 25 (DnCNN)
 ``denoise-s30``               denoise     the suite-trained grey denoiser for sigma 30
@@ -31,6 +32,21 @@ RAIN_TAGS = ("light", "heavy", "ddn", "light-real", "heavy-real", "heavy-real-sp
 
 _DENOISE_TAG = re.compile(r"^denoise(?P<color>-color)?-s(?P<sigma>[0-9]+)$")
 _OFFICIAL_TAG = re.compile(r"^official-s(?P<sigma>[0-9]+)$")
+_SEED_SUFFIX = re.compile(r"^(?P<rain>.+)-seed(?P<seed>[0-9]+)$")
+
+
+def seeded_tag(rain: str, seed: int | None) -> str:
+    """The weights tag of a model trained for ``rain`` with ``seed`` instead of its profile's:
+    ``heavy-seed1`` (``rain`` itself when ``seed`` is None)."""
+    return rain if seed is None else f"{rain}-seed{int(seed)}"
+
+
+def split_seed(tag: str) -> tuple[str, int | None]:
+    """``"heavy-seed1"`` -> ``("heavy", 1)``; any other tag -> ``(tag, None)``."""
+    m = _SEED_SUFFIX.match(tag)
+    if m is None or m["rain"] not in RAIN_TAGS:
+        return tag, None
+    return m["rain"], int(m["seed"])
 
 
 def denoise_tag(sigma: int, colour: bool) -> str:
@@ -53,6 +69,7 @@ class Weights:
 
     kind: str = "default"
     rain: str | None = None      # kind "rain"
+    seed: int | None = None      # kind "rain": a training seed other than the profile's
     sigma: int | None = None     # kind "denoise", or "official" for a per-noise-level release
     colour: bool = False         # kind "denoise"
     path: Path | None = None     # kind "path"
@@ -63,7 +80,7 @@ class Weights:
         if self.kind == "default":
             return None
         if self.kind == "rain":
-            return self.rain
+            return seeded_tag(self.rain, self.seed)
         if self.kind == "official":
             return "official" if self.sigma is None else f"official-s{self.sigma}"
         if self.kind == "denoise":
@@ -92,8 +109,9 @@ def parse_weights(value: str | Path | Weights | None) -> Weights:
     text = str(value).strip()
     if text == "init":
         return Weights("init")
-    if text in RAIN_TAGS:
-        return Weights("rain", rain=text)
+    rain, seed = split_seed(text)
+    if rain in RAIN_TAGS:
+        return Weights("rain", rain=rain, seed=seed)
     if text == "official":
         return Weights("official")
     official = _OFFICIAL_TAG.match(text)
@@ -112,6 +130,6 @@ def require_file(weights: Weights) -> Path:
         raise ValueError(f"weights {weights} are a tag, not a file")
     if not weights.path.is_file():
         raise FileNotFoundError(
-            f"weights {str(weights.path)!r} are neither a tag (init, {', '.join(RAIN_TAGS)}, official, "
+            f"weights {str(weights.path)!r} are neither a tag (init, {', '.join(RAIN_TAGS)}, RAIN-seedN, official, "
             "official-sSIGMA, denoise-sSIGMA, denoise-color-sSIGMA) nor a file")
     return weights.path

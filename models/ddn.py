@@ -243,7 +243,7 @@ def build_ddn(weights, profile, data_root):
     if weights.kind == "init":
         return net, {"tag": "init"}
     if weights.trained_here:
-        return provider.trained("ddn", weights.rain or "light", profile, lambda: ddn_init_(DDN()), provider.single_output,
+        return provider.trained("ddn", weights.tag or "light", profile, lambda: ddn_init_(DDN()), provider.single_output,
                                 data_root, recipe=train_recipe(profile))
     if weights.kind == "official":
         return net, load_tf_checkpoint(net, official_weights("ddn", data_root))

@@ -219,6 +219,9 @@ def build_did_mdn(weights, profile, data_root):
         return DIDMDN(), {"tag": "init"}
     if weights.trained_here:
         tag = weights.rain or TAG
+        if weights.seed is not None:
+            raise WeightsUnavailable(f"DID-MDN trains its three stages with its profile's seed only, not "
+                                     f"--weights {weights.tag}")
         if tag != TAG:
             raise WeightsUnavailable(f"DID-MDN is trained on the labelled density mixture only (--weights "
                                      f"{TAG}), not on {tag!r} rain")

@@ -321,7 +321,7 @@ def build_jorder(weights, profile, data_root):
     if weights.kind == "init":
         return net, {"tag": "init"}
     if weights.trained_here:
-        return provider.trained("jorder", weights.rain or "light", profile, JORDER, training_outputs, data_root,
+        return provider.trained("jorder", weights.tag or "light", profile, JORDER, training_outputs, data_root,
                                 recipe=train_recipe(profile))
     if weights.kind not in ("official", "path"):
         raise ValueError(f"jorder takes init, a rain tag, official or a checkpoint, not {weights}")

@@ -33,7 +33,7 @@ from core.files import atomic_write_text
 from core.layout import WEIGHTS_DIR, cache_root
 from core.profiles import get_profile
 from core.store import code_version
-from core.weights import parse_denoise_tag
+from core.weights import parse_denoise_tag, split_seed
 from datasets.training import (
     denoise_training_images,
     real_training_pairs,
@@ -104,14 +104,17 @@ def _what(tag: str) -> str:
     """``light rain`` or ``denoising, sigma 30, grey`` (for messages)."""
     denoise = parse_denoise_tag(tag)
     if denoise is None:
-        return f"{tag} rain"
+        rain, seed = split_seed(tag)
+        return f"{rain} rain" + (f", seed {seed}" if seed is not None else "")
     return f"denoising, sigma {denoise[0]}, {'colour' if denoise[1] else 'grey'}"
 
 
 def train_command(family: str, tag: str, profile: str, data_root=None, device: str = "cpu") -> str:
     """The ``benchmark.run train`` command that makes the weights ``family``-``tag``-``profile``."""
     denoise = parse_denoise_tag(tag)
-    what = f"--rain {tag}" if denoise is None else f"--sigma {denoise[0]} {'--color' if denoise[1] else '--grey'}"
+    rain, seed = split_seed(tag)
+    what = (f"--rain {rain}" + (f" --seed {seed}" if seed is not None else "") if denoise is None
+            else f"--sigma {denoise[0]} {'--color' if denoise[1] else '--grey'}")
     root = f" --data-root {data_root}" if data_root else ""
     return (f"python -m benchmark.run train {family} {what} --profile {profile}{root}"
             + (f" --device {device}" if device != "cpu" else ""))
@@ -148,21 +151,23 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
     """Train ``net`` (already initialised) for ``profile_name`` and cache its weights; returns the path.
 
     ``recipe`` overrides TrainConfig fields (optimizer, loss, lr, batch, patch) for methods that
-    train their own way; a denoising ``tag`` sets task, sigma and channels."""
+    train their own way; a denoising ``tag`` sets task, sigma and channels; a seeded tag
+    (``heavy-seed1``) trains on that rain with that seed in place of the profile's."""
     profile = get_profile(profile_name)
     name = weights_name(family, tag, profile_name)
     denoise = parse_denoise_tag(tag)
+    rain, seed = split_seed(tag)
     fields = dict(iterations=profile.train_iterations, batch=profile.train_batch, patch=profile.train_patch,
-                  seed=profile.seed, rain=tag, use_ssim=use_ssim)
+                  seed=profile.seed if seed is None else seed, rain=rain, use_ssim=use_ssim)
     if denoise is not None:
         fields.update(task="denoise", sigma=denoise[0], channels=3 if denoise[1] else 1, rain="none")
-    if tag in WARM_STARTS:
+    if rain in WARM_STARTS:
         fields["warmup"] = min(WARMUP_STEPS, profile.train_iterations // 5)
-    if tag in WEIGHT_AVERAGE:
-        fields["ema"] = WEIGHT_AVERAGE[tag]
+    if rain in WEIGHT_AVERAGE:
+        fields["ema"] = WEIGHT_AVERAGE[rain]
     fields.update(recipe or {})
     cfg = TrainConfig(**fields)
-    real = None if denoise is not None else real_training_pairs(data_root, tag)
+    real = None if denoise is not None else real_training_pairs(data_root, rain)
     if denoise is not None:
         images, data_desc = denoise_training_images(data_root)
         data_desc += (f"; Gaussian noise sigma {cfg.sigma} (0-255 scale), float, unclipped, "
@@ -172,23 +177,23 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
         sampler = PairedPatchSampler(real, patch=cfg.patch, seed=cfg.seed)
         release = real.describe().get("release") or "unregistered"
         data_desc = f"real pairs {real.name} ({len(real)} pairs, {release})"
-    elif tag in PAIR_SOURCES:  # the fit split of the real heavy pairs, as they are
+    elif rain in PAIR_SOURCES:  # the fit split of the real heavy pairs, as they are
         pairs = fit_pairs(data_root)
         sampler = PairedPatchSampler(pairs, patch=cfg.patch, seed=cfg.seed)
         data_desc = f"the {len(pairs)} fit pairs of {pairs.name} ({', '.join(p.name for p in pairs.pairs)}), as they are"
-        if tag in PAIR_MIX:  # half of each batch: the bank's real layers over the clean training images
+        if rain in PAIR_MIX:  # half of each batch: the bank's real layers over the clean training images
             images, images_desc = training_images(data_root)
-            bank = PatchSampler(images, rain=bank_renderer(PAIR_MIX[tag], data_root), patch=cfg.patch, seed=cfg.seed + 1)
+            bank = PatchSampler(images, rain=bank_renderer(PAIR_MIX[rain], data_root), patch=cfg.patch, seed=cfg.seed + 1)
             sampler = SplitSampler(sampler, bank)
             data_desc = (f"half of each batch: {data_desc}; the other half: {images_desc} under the real rain "
-                         f"layers of the bank ({PAIR_MIX[tag]})")
+                         f"layers of the bank ({PAIR_MIX[rain]})")
     else:
         images, data_desc = training_images(data_root)
-        if tag in BANK_SOURCES:
-            rain, data_desc = bank_renderer(tag, data_root), data_desc + f"; real rain layers of the bank ({tag})"
+        if rain in BANK_SOURCES:
+            renderer, data_desc = bank_renderer(rain, data_root), data_desc + f"; real rain layers of the bank ({rain})"
         else:
-            rain, data_desc = tag, data_desc + f"; rain synthesised by datasets.rain ({tag})"
-        sampler = PatchSampler(images, rain=rain, patch=cfg.patch, seed=cfg.seed)
+            renderer, data_desc = rain, data_desc + f"; rain synthesised by datasets.rain ({rain})"
+        sampler = PatchSampler(images, rain=renderer, patch=cfg.patch, seed=cfg.seed)
     warm = warm_start(net, family, tag, profile_name, data_root)
     opts = _TRAIN_OPTIONS.get()
     device = opts.get("device", "cpu")
@@ -218,8 +223,9 @@ def train_now(family: str, tag: str, profile_name: str, net: nn.Module, outputs_
 def warm_start(net: nn.Module, family: str, tag: str, profile: str, data_root) -> dict:
     """Load the start weights of a :data:`WARM_STARTS` source into ``net``; returns the record's
     ``{"warm_start": {tag, file, sha256}}`` ({} for any other source). The start weights are not
-    trained on the way: WeightsUnavailable names the command that makes them."""
-    start = WARM_STARTS.get(tag)
+    trained on the way: WeightsUnavailable names the command that makes them. A seeded run starts
+    from the same weights as its unseeded one."""
+    start = WARM_STARTS.get(split_seed(tag)[0])
     if start is None:
         return {}
     path = find(family, start, profile)
@@ -316,8 +322,9 @@ def trained(family: str, tag: str, profile: str, build: Callable[[], nn.Module],
             f"{family} is not trained for {_what(tag)} in the {profile} profile: run "
             f"`{train_command(family, tag, profile, root)}` (or pass --train-missing)")
 
+    seed = split_seed(tag)[1]
     with torch.random.fork_rng(devices=[]):  # the starting weights are a function of the seed alone
-        torch.manual_seed(get_profile(profile).seed)
+        torch.manual_seed(get_profile(profile).seed if seed is None else seed)
         net = build()
     if path is None and train_fn is not None:
         path = train_fn(net)

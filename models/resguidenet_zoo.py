@@ -92,7 +92,7 @@ def _factory(family: str, variant: str, exit_block: int | None = None, use_ssim:
         if weights.kind == "init":
             net, info = make(), {"tag": "init"}
         elif weights.trained_here:
-            net, info = provider.trained(family, weights.rain or "light", profile, make, _outputs, data_root,
+            net, info = provider.trained(family, weights.tag or "light", profile, make, _outputs, data_root,
                                          use_ssim, recipe=RECIPE)
         elif weights.kind == "denoise":
             if family not in DENOISE_FAMILIES:
@@ -157,7 +157,8 @@ def _auto(weights, profile, data_root):
     if info.get("tag") == "path":
         record = make()
     else:
-        record = provider.derived("resguidenet", tag, profile, "autoexit", make, weights_sha256=info.get("sha256"))
+        record = provider.derived("resguidenet", weights.tag or tag, profile, "autoexit", make,
+                                  weights_sha256=info.get("sha256"))
     return AutoExit(net, record["tau"]), {**info, "autoexit": record}
 
 

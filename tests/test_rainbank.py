@@ -269,6 +269,27 @@ def test_domain_gap_scores_the_held_out_pairs_and_names_missing_models(root, tmp
     assert "baseline (heavy, long)" in md.read_text()
 
 
+def test_domain_gap_gives_the_spread_between_seeds_of_one_model(tmp_path):
+    """Rows of one model trained with several seeds (``-seedN`` tags) are summarised by their mean
+    PSNR and range; a model with one seed, or a repeat that was not scored, adds nothing."""
+    import pandas as pd
+
+    from benchmark.domain_gap import seed_spreads, write_domain_gap
+
+    base = dict(method="resguidenet", profile="long", n_images=6, status="ok", ssim_y=0.8, offset_y=0.0,
+                rate_schedule="", note="")
+    df = pd.DataFrame([{**base, "trained_on": "pairs-heavy-warm", "psnr_y": 24.0},
+                       {**base, "trained_on": "pairs-heavy-warm-seed1", "psnr_y": 23.5},
+                       {**base, "trained_on": "heavy", "psnr_y": 19.0},
+                       {**base, "trained_on": "pairs-heavy-warm-seed2", "psnr_y": 24.75},
+                       {**base, "trained_on": "pairs-heavy-warm", "profile": "quick", "psnr_y": 22.0},
+                       {**base, "trained_on": "heavy-seed1", "status": "skipped", "psnr_y": float("nan")}])
+    expected = "resguidenet pairs-heavy-warm (long), seeds 0, 1, 2: mean 24.08 dB, 23.50-24.75 (1.25 dB)"
+    assert seed_spreads(df) == [expected]
+    md, _ = write_domain_gap(df, tmp_path)
+    assert f"Spread between seeds (PSNR): {expected}." in md.read_text()
+
+
 def test_warm_source_starts_from_the_rendered_rain_model(root, no_weights, monkeypatch, capsys):
     """``pairs-heavy-warm`` fine-tunes the ``heavy-real`` model of the same profile on the fit pairs:
     without it, the error names the command that makes it; with it, training starts from exactly those

@@ -321,3 +321,38 @@ def test_split_sampler_takes_half_of_each_batch_from_each_source(sampler):
     assert np.array_equal(split.arrays(5, 4)[0], rainy) and split.batch(5, 4)[0].shape == (5, 3, 16, 16)
     with pytest.raises(ValueError, match="cannot be split"):
         split.arrays(1, 0)
+
+
+def test_a_seeded_repeat_is_its_own_model_with_its_own_record(no_weights, capsys):
+    """``train --seed N`` trains a repeat under the tag ``RAIN-seedN``: its record holds that seed and
+    the command that makes it, ``--weights RAIN-seedN`` loads it without training again, and its
+    weights differ from the profile seed's. The profile's own seed names the plain model."""
+    import json
+
+    from benchmark.run import main
+    from core.weights import parse_weights
+    from models import provider, registry
+
+    assert parse_weights("heavy-seed12") == parse_weights("heavy-seed12").__class__("rain", rain="heavy", seed=12)
+    assert parse_weights("pairs-heavy-warm-seed3").tag == "pairs-heavy-warm-seed3"
+    assert parse_weights("fog-seed1").kind == "path"  # not a rain the suite trains for
+
+    assert main(["train", "jorder", "--rain", "light", "--seed", "1", "--profile", "smoke", "--no-progress"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["tag"] == "light-seed1" and line["seed"] == 1
+    record = json.loads((no_weights / "cache" / "jorder-light-seed1-smoke.json").read_text())
+    assert record["tag"] == "light-seed1" and record["config"]["seed"] == 1 and record["config"]["rain"] == "light"
+    assert record["command"].endswith("train jorder --rain light --seed 1 --profile smoke")
+
+    seeded, info = registry.load("jorder", "light-seed1", "smoke")
+    assert info["source"] == "trained here (cache)" and info["tag"] == "light-seed1"
+    plain, _ = registry.load("jorder", "light", "smoke")
+    assert any(not torch.equal(a, b) for a, b in zip(seeded.state_dict().values(), plain.state_dict().values()))
+
+    assert main(["train", "jorder", "--rain", "light", "--seed", "0", "--profile", "smoke", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tag"] == "light"  # already trained
+    assert main(["train", "dncnn", "--sigma", "25", "--seed", "1", "--profile", "smoke"]) == 2
+    assert "--seed trains a derainer's repeat" in capsys.readouterr().err
+    # a seeded fine-tuning starts from the same weights as the plain one: it asks for them by name
+    with pytest.raises(provider.WeightsUnavailable, match="heavy-real weights"):
+        provider.warm_start(nn.Conv2d(1, 1, 1), "resguidenet", "pairs-heavy-warm-seed1", "smoke", None)
