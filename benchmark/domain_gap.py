@@ -34,12 +34,14 @@ MODELS = (
     ("resguidenet", "pairs-heavy"),
     ("resguidenet", "pairs-heavy-warm"),  # heavy-real of the same profile, fine-tuned on the real pairs
     ("resguidenet", "pairs-mix-heavy-warm"),  # the same, half the batch bank rain over other backgrounds
+    ("resguidenet", "pairs-heavy-warm-seed1"),  # repeats with other seeds: the spread between runs
+    ("resguidenet", "pairs-heavy-warm-seed2"),
     # a four times longer schedule, on the first and on the fitted renderer, and on the real pairs
     ("resguidenet", "heavy", "long"),
     ("resguidenet", "heavy-real", "long"),
     ("resguidenet", "pairs-heavy", "long"),
     ("resguidenet", "pairs-heavy-warm", "long"),
-    ("resguidenet", "pairs-heavy-warm-seed1", "long"),  # repeats with other seeds: the spread between runs
+    ("resguidenet", "pairs-heavy-warm-seed1", "long"),
     ("resguidenet", "pairs-heavy-warm-seed2", "long"),
     ("ddn", "heavy"),
     ("ddn", "heavy-real"),
