@@ -17,6 +17,7 @@ from benchmark.evaluate import evaluate
 from core.errors import WeightsUnavailable
 from core.files import atomic_write_text
 from core.metrics import image_metrics, mean_offset_y
+from core.profiles import get_profile
 from core.weights import split_seed
 from datasets.rainbank import HOLDOUT, load_pairs, pair_names, split_names
 from models import provider, registry
@@ -114,7 +115,8 @@ def seed_spreads(df: pd.DataFrame) -> list[str]:
     groups: dict[tuple, list] = {}
     for r in ok.itertuples():
         rain, seed = split_seed(r.trained_on)
-        groups.setdefault((r.method, rain, r.profile), []).append((0 if seed is None else seed, r.psnr_y))
+        seed = get_profile(r.profile).seed if seed is None else seed
+        groups.setdefault((r.method, rain, r.profile), []).append((seed, r.psnr_y))
     for (method, rain, profile), runs in groups.items():
         if len(runs) < 2:
             continue
