@@ -110,7 +110,7 @@ def cell_id(detector: str, derainer: str, dataset: str, rain: str, derainer_weig
 
 #: The detection datasets whose cells are results of the suite; any other (a user's folder or
 #: COCO file) is a one-off whose cells go to the uncommitted cache.
-SUITE_DATASETS = ("roads", "kitti")
+SUITE_DATASETS = ("roads", "kitti", "dawn")
 
 
 def _det_store(results: Path, profile: str, dataset: str = "roads"):
@@ -145,11 +145,23 @@ def _coco50(g, d) -> float:
 CI_METRICS = {"ap40_moderate": _ap40m, "coco_ap50": _coco50}
 
 
-def _metrics(gts, dets, n_boot: int, seed: int) -> dict:
-    m = dict(kitti_car_ap(gts, dets))
+#: Datasets whose labels have no KITTI difficulty (no truncation / occlusion levels, other camera
+#: geometry): scored with COCO AP only, the KITTI keys left None.
+COCO_ONLY_DATASETS = ("dawn",)
+#: Datasets of real rainy photographs: scored as they are (``rain="none"``), never with rain added.
+REAL_RAIN_DATASETS = ("dawn",)
+
+
+def _metrics(gts, dets, n_boot: int, seed: int, kitti_levels: bool = True) -> dict:
     coco = coco_car_ap(gts, dets)
+    if kitti_levels:
+        m = dict(kitti_car_ap(gts, dets))
+        fns = CI_METRICS
+    else:
+        m = {k: None for k in kitti_car_ap([[]], [[]])}
+        fns = {k: fn for k, fn in CI_METRICS.items() if k.startswith("coco")}
     m.update(coco_ap=coco["ap"], coco_ap50=coco["ap50"], coco_ap75=coco["ap75"])
-    ci = {k: list(bootstrap_ci(fn, gts, dets, n=n_boot, seed=seed)) for k, fn in CI_METRICS.items()}
+    ci = {k: list(bootstrap_ci(fns[k], gts, dets, n=n_boot, seed=seed)) if k in fns else None for k in CI_METRICS}
     return {"metrics": m, "ci": ci}
 
 
@@ -193,6 +205,8 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         stage["now"] = "checking the rain"
         if rain not in RAINS:
             raise ValueError(f"rain must be one of {', '.join(RAINS)}, got {rain!r}")
+        if dataset.lower() in REAL_RAIN_DATASETS and rain != "none":
+            raise ValueError(f"{dataset}'s photographs are already rainy: score them with rain 'none', not {rain!r}")
         stage["now"] = "opening the dataset"
         ds = detection_dataset(dataset, data_root, prof.name)
         stage["now"] = "loading the detector"
@@ -249,7 +263,11 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         if pending:
             flush()
         stage["now"] = "scoring"
-        scored = _metrics(ds.gts, dets, n_boot, prof.seed)
+        kitti_levels = dataset.lower() not in COCO_ONLY_DATASETS
+        scored = _metrics(ds.gts, dets, n_boot, prof.seed, kitti_levels)
+        if not kitti_levels:
+            scored["note"] = ("COCO AP only: the labels have no KITTI truncation / occlusion levels, so KITTI's "
+                              "Easy / Moderate / Hard do not apply")
         cell.update(status="ok", **scored, n_images=len(ds), n_objects=ds.n_objects,
                     seconds={"derain": t_derain, "detect": t_detect},
                     derained_from_cache=frames.hits if frames else 0, dataset_info=ds.info,

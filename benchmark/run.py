@@ -14,7 +14,7 @@
     runtime METHOD [--size 500] [--device cpu|cuda] [--dtype float32|bfloat16] [--batch N] [--repeats N]
     check   [--data-root DIR] [--reference FILE] [--update]        regression gate
     rain-stats [--data-root DIR]                                   real rain against the presets (table, figure)
-    detect  DERAINER DATASET [--rain light|heavy|none] [--detector NAME] [--detector-weights PATH]
+    detect  DERAINER DATASET [--rain none|light|heavy|light-real|heavy-real] [--detector NAME] [--detector-weights PATH]
             [--data-root DIR] [--profile P]          car AP of a detector after deraining (JSON line)
     train-detector [--detector NAME] [--profile P] [--max-seconds S]   (exit 3: stopped at the limit)
     table ap                                       the section 5.2 car AP table (clean / rainy / derained)
@@ -30,13 +30,14 @@ from pathlib import Path
 from benchmark import artifacts
 from benchmark.artifacts import ARTIFACTS, Job, get_artifact
 from benchmark.check import run_check
-from benchmark.detection import contract, detect_cell
+from benchmark.detection import REAL_RAIN_DATASETS, contract, detect_cell
 from benchmark.evaluate import evaluate
 from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLock, make_executor, parallel
 from benchmark.runtime import measure, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from core.weights import RAIN_TAGS, denoise_tag, seeded_tag
+from datasets.detection import RAINS
 from datasets.catalog import EMBEDDED, data_root_from, open_dataset
 from datasets.names import REGISTERED
 from datasets.noisy import refuse_seen_test_set
@@ -313,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("derainer", help="a registered method, or none / identity (no deraining)")
     p.add_argument("dataset", help="roads (embedded road scenes), KITTI (under the data root), a KITTI folder "
                    "(image_2/, label_2/) or a COCO .json of labelled images (e.g. real rain: use --rain none)")
-    p.add_argument("--rain", default="light", choices=["none", "light", "heavy"])
+    p.add_argument("--rain", default=None, choices=list(RAINS),
+                   help="rain rendered over the frames (default light; none for DAWN, whose photographs are rainy)")
     p.add_argument("--detector", default=None, help="torchvision detector name (default fasterrcnn_tiny_fpn)")
     p.add_argument("--detector-weights", default=None, help="local detector checkpoint (else the trained one)")
     p.add_argument("--detector-config", default=None, metavar="CFG",
@@ -356,7 +358,8 @@ def cmd_detect(args) -> int:
     ex = make_executor(args.executor, args.workers, args.threads, args.address)
     bar = Progress(args.progress and parallel(ex), unit="frame", desc="frames")
     try:
-        cell = detect_cell(args.derainer, args.dataset, args.rain, args.detector, profile=args.profile,
+        rain = args.rain or ("none" if args.dataset.lower() in REAL_RAIN_DATASETS else "light")
+        cell = detect_cell(args.derainer, args.dataset, rain, args.detector, profile=args.profile,
                            data_root=data_root_from(args.data_root), detector_weights=args.detector_weights,
                            derainer_weights=args.weights, results=args.results, force=args.force,
                            progress=args.progress, detector_config=args.detector_config, executor=ex,

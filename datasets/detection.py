@@ -6,6 +6,9 @@
   :class:`datasets.kitti.KittiDetection` (the first ``profile.real_limit`` frames when the
   profile sets one).  Absent -> ``DatasetMissing``.  A folder holding ``image_2/`` and
   ``label_2/`` works too.
+* ``"DAWN"``: ``<data_root>/DAWN/Rain/*.jpg`` with ``Annotations/<stem>.xml`` (Pascal VOC,
+  :mod:`datasets.voc`): 200 real rainy traffic photographs with hand-drawn boxes and no clean
+  counterpart.  Score it with ``rain="none"``: the rain is already in the photographs.
 * a COCO ``.json`` file of labelled images: a user's own frames, e.g. real rain with manual
   boxes (then use ``rain="none"``).
 
@@ -31,8 +34,10 @@ from datasets.kitti import KittiDetection, Object, format_label
 from datasets.rain import add_rain
 from datasets.roads import road_scenes
 from datasets.training import read_rgb
+from datasets.voc import voc_folder
 
-RAINS = ("none", "light", "heavy")
+#: the rains the study renders over clean frames: the first presets and the ones fitted to real pairs
+RAINS = ("none", "light", "heavy", "light-real", "heavy-real")
 
 
 
@@ -95,6 +100,8 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
         _labels_digest(h, gts)
         info = {"source": str(Path(name).resolve()), "limit": prof.real_limit, "fingerprint": h.hexdigest()}
         return DetectionSet(Path(name).stem, ids, gts, lambda i: read_rgb(paths[i]), info)
+    if name.lower() == "dawn":
+        return _dawn(data_root, prof.real_limit)
     if name.lower() == "kitti":
         if data_root is None:
             raise DatasetMissing("KITTI: no data root; pass --data-root or set RESGUIDE_DATA "
@@ -122,6 +129,29 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
     return DetectionSet(label, list(ds.ids), gts, lambda i: read_rgb(ds.image_path(i)), info)
 
 
+
+
+#: where DAWN's rainy photographs lie under the data root
+DAWN_DIR = "DAWN/Rain"
+
+
+def _dawn(data_root: Path | None, limit: int | None) -> DetectionSet:
+    if data_root is None:
+        raise DatasetMissing(f"DAWN: no data root; pass --data-root or set RESGUIDE_DATA (expected <root>/{DAWN_DIR})")
+    root = Path(data_root) / DAWN_DIR
+    if not (root / "Annotations").is_dir():
+        raise DatasetMissing(f"DAWN: no photographs at {root} (expected {root}/*.jpg and {root}/Annotations/*.xml)")
+    entries = voc_folder(root, root / "Annotations")
+    if limit:
+        entries = entries[:limit]
+    ids, paths, gts = [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
+    h = hashlib.sha256()
+    for image_id, path in zip(ids, paths):
+        h.update(image_id.encode())
+        h.update(str(path.stat().st_size).encode())
+    _labels_digest(h, gts)
+    info = {"source": f"<data root>/{DAWN_DIR}", "limit": limit, "fingerprint": h.hexdigest(), "real_rain": True}
+    return DetectionSet("DAWN", ids, gts, lambda i: read_rgb(paths[i]), info)
 
 
 def rain_seed(seed: int, image_id: str) -> int:

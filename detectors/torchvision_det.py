@@ -35,6 +35,7 @@ from torch import nn
 
 from core.files import read_torch_file
 from datasets.kitti import Object
+from detectors.yolo_frcnn import fasterrcnn_kitti
 from models.checkpoints import save_weights
 from models.registry import first_mismatch
 
@@ -42,7 +43,7 @@ __all__ = ["DETECTORS", "DEFAULT_DETECTOR", "CLASS_NAMES", "LIGHT_DEFAULTS", "De
            "build_detector", "fasterrcnn_tiny_fpn", "load_checkpoint", "read_state", "to_objects"]
 
 DEFAULT_DETECTOR = "fasterrcnn_tiny_fpn"
-DETECTORS = ("fasterrcnn_tiny_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn")
+DETECTORS = ("fasterrcnn_tiny_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn", "fasterrcnn_kitti")
 #: label index -> KITTI type for the default two-class model
 CLASS_NAMES = ("__background__", "Car")
 #: FasterRCNN options changed from torchvision's defaults (override any through kwargs).
@@ -128,6 +129,8 @@ def _builder(name: str):
         raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
     if name == "fasterrcnn_tiny_fpn":
         return fasterrcnn_tiny_fpn
+    if name == "fasterrcnn_kitti":
+        return fasterrcnn_kitti
     return getattr(detection, name)
 
 

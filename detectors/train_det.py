@@ -17,7 +17,7 @@ Choices:
   heads and backbone moving together; ``optimizer="sgd"`` (momentum 0.9, weight
   decay 1e-4, lr 0.02) is available.
 * Augmentation: horizontal flip with probability 1/2.
-* Targets: only ``Car`` boxes are positives; ``Van`` (the KITTI devkit's
+* Targets: only ``Car`` boxes are positives by default (``positive_types``); ``Van`` (the KITTI devkit's
   neighbouring class, ignored by the evaluators), ``DontCare`` and every other
   type are dropped from the targets, as are boxes under 1 px.  An image without
   any Car is a pure-background example.
@@ -126,8 +126,9 @@ def _as_uint8_chw(image, k: int) -> torch.Tensor:
     return image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).contiguous()
 
 
-def prepare_samples(samples: Sequence) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(uint8 3xHxW image, float32 Nx4 Car boxes)]: the training view of ``samples``."""
+def prepare_samples(samples: Sequence, positive_types: Sequence[str] = POSITIVE_TYPES
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(uint8 3xHxW image, float32 Nx4 boxes of ``positive_types``)]: the training view of ``samples``."""
     out = []
     for k, sample in enumerate(samples):
         image, objects = _split_sample(sample, k)
@@ -135,7 +136,7 @@ def prepare_samples(samples: Sequence) -> list[tuple[torch.Tensor, torch.Tensor]
         boxes = [
             o.bbox
             for o in objects
-            if o.type in POSITIVE_TYPES and o.bbox[2] - o.bbox[0] >= 1 and o.bbox[3] - o.bbox[1] >= 1
+            if o.type in positive_types and o.bbox[2] - o.bbox[0] >= 1 and o.bbox[3] - o.bbox[1] >= 1
         ]
         out.append((img, torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)))
     return out
@@ -210,6 +211,7 @@ def train_detector(
     ckpt_every: int = 50,
     device: str | torch.device = "cpu",
     log: Any = None,
+    positive_types: Sequence[str] = POSITIVE_TYPES,
 ) -> dict:
     """Train ``det`` (a :class:`detectors.torchvision_det.Detector` or a torchvision
     detection model) for ``iterations`` steps of ``batch`` images, resuming from
@@ -232,7 +234,7 @@ def train_detector(
         raise ValueError(f"det must be a Detector or a torch module, got {type(det).__name__}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
-    prepared = prepare_samples(samples)
+    prepared = prepare_samples(samples, positive_types)
     if not prepared:
         raise ValueError("train_detector: no samples")
     cfg = DetTrainConfig(

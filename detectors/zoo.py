@@ -21,7 +21,12 @@ from datasets.roads import road_scenes
 from detectors.mmdet_det import build_mmdet_detector
 from detectors.torchvision_det import DEFAULT_DETECTOR, build_detector, read_state
 from detectors.train_det import train_detector
+from detectors.yolo_frcnn import NAME as KITTI_DETECTOR
+from detectors.yolo_frcnn import POSITIVE_TYPES as KITTI_POSITIVES
+from detectors.yolo_frcnn import TRAINING as KITTI_TRAINING
+from detectors.yolo_frcnn import init_from_yolov5, yolo_cfg_of
 from detectors.yolov5 import DEFAULT_IMG_SIZE, load_yolov5
+from datasets.kitti_tracking import TRACKING_DIR, tracking_samples
 from models import provider
 from models.registry import file_identity
 
@@ -120,7 +125,13 @@ def get_detector(name: str | None = None, weights: str | Path | None = None, pro
     meta = _checkpoint_meta(path)
     min_size = int(meta.get("min_size") or det["size"][0])
     max_size = int(meta.get("max_size") or det["size"][1])
-    detector = build_detector(name, checkpoint=path, min_size=min_size, max_size=max_size, device=device)
+    extra = {}
+    if name == KITTI_DETECTOR:
+        if not isinstance(meta.get("yolo_cfg"), dict):
+            raise ValueError(f"{path}: a {name} checkpoint must carry its YOLOv5 config (meta 'yolo_cfg'); "
+                             "use the weights file that train-detector writes, not its .ckpt")
+        extra["yolo_cfg"] = meta["yolo_cfg"]
+    detector = build_detector(name, checkpoint=path, min_size=min_size, max_size=max_size, device=device, **extra)
     detector.meta.update(min_size=min_size, max_size=max_size,
                          identity={"source": source, **file_identity(path)})
     return detector
@@ -155,6 +166,11 @@ def train_detector_cmd(name: str | None = None, profile: str = "quick", data_roo
     name = name or DEFAULT_DETECTOR
     prof, det = detection_profile(detector_profile(profile))
     paths = detector_paths(name, prof.name)
+    if name == KITTI_DETECTOR:
+        if train_data is not None or init is not None:
+            raise ValueError(f"{KITTI_DETECTOR} trains on <data root>/{TRACKING_DIR} from <data root>/"
+                             f"{COCO_DETECTORS['yolov5n'][0]}; --train-data / --init are for the other detectors")
+        return _train_kitti_detector(paths, prof, data_root, max_seconds, progress, device, out_path)
     out = {"detector": name, "profile": prof.name}
     h, w = det["size"]
     h, w = int(min_size or h), int(max_size or w)
@@ -205,6 +221,55 @@ def train_detector_cmd(name: str | None = None, profile: str = "quick", data_roo
     out["weights"] = str(weights)
     return out
 
+
+
+def _train_kitti_detector(paths: dict, prof, data_root: Path | None, max_seconds, progress: bool, device: str,
+                          out_path) -> dict:
+    """:data:`detectors.yolo_frcnn.NAME`: YOLOv5n's backbone and neck, heads trained on the clean KITTI
+    tracking frames (:data:`detectors.yolo_frcnn.TRAINING`); weights to ``out_path`` or the cache."""
+    import torch
+
+    out = {"detector": KITTI_DETECTOR, "profile": prof.name}
+    if data_root is None:
+        raise WeightsUnavailable(f"{KITTI_DETECTOR} trains on <data root>/{TRACKING_DIR}: pass --data-root "
+                                 "or set RESGUIDE_DATA")
+    yolo_path = Path(data_root) / COCO_DETECTORS["yolov5n"][0]
+    if not yolo_path.is_file():
+        raise WeightsUnavailable(f"{KITTI_DETECTOR} starts from {yolo_path}, which is absent")
+    weights = Path(out_path) if out_path else paths["cache"]
+    if out_path is None and paths["shipped"].is_file():
+        return {**out, "complete": True, "weights": str(paths["shipped"]), "already": "shipped"}
+    if weights.is_file():
+        return {**out, "complete": True, "weights": str(weights), "already": "trained"}
+    ckpt = weights.with_suffix(".ckpt")
+    sched = KITTI_TRAINING
+    samples = tracking_samples(Path(data_root) / TRACKING_DIR)
+    yolo_cfg = yolo_cfg_of(yolo_path)
+    torch.manual_seed(sched["seed"])
+    model = build_detector(KITTI_DETECTOR, min_size=sched["min_size"], max_size=sched["max_size"], yolo_cfg=yolo_cfg)
+    init_record = {**init_from_yolov5(model.model, yolo_path), **file_identity(yolo_path),
+                   "licence": "AGPL-3.0 (YOLOv5, Ultralytics): these weights derive from it"}
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    res = train_detector(model, samples, sched["iterations"], batch=sched["batch"], lr=sched["lr"], seed=sched["seed"],
+                         warmup=sched["warmup"], lr_steps=sched["lr_steps"], ckpt_every=sched["ckpt_every"],
+                         ckpt_path=ckpt, progress=progress, max_seconds=max_seconds, device=device,
+                         positive_types=KITTI_POSITIVES)
+    out.update(complete=res["complete"], iterations=res["iterations"], seconds=res["seconds"],
+               final_loss=res["final_loss"], checkpoint=str(ckpt))
+    if not res["complete"]:
+        return out
+    training_data = {"source": f"<data root>/{TRACKING_DIR}", "n": len(samples),
+                     "positives": list(KITTI_POSITIVES), "samples_sha256": res["config"]["samples_sha256"]}
+    meta = {"min_size": sched["min_size"], "max_size": sched["max_size"], "profile": prof.name,
+            "training_data": training_data, "iterations": res["iterations"], "seconds": res["seconds"],
+            "final_loss": res["final_loss"], "config": res["config"], "init": init_record, "yolo_cfg": yolo_cfg,
+            "command": _train_command(KITTI_DETECTOR, prof.name) + " --data-root DATA"}
+    model.save(weights, meta)
+    record = {k: v for k, v in meta.items() if k != "yolo_cfg"}
+    atomic_write_text(weights.with_suffix(".json"), json.dumps({**record, **file_identity(weights)}, indent=1,
+                                                               default=str) + "\n")
+    out["weights"] = str(weights)
+    return out
 
 
 def load_partial(model, path: str | Path) -> dict:

@@ -116,7 +116,7 @@ def weights_for_rain(method: str, rain: str) -> str | None:
     if getattr(factory, "only_rain", None) is not None:  # one model for every rain (DID-MDN: "density")
         return factory.only_rain
     if getattr(factory, "family", None) is not None:
-        return rain if rain in ("light", "heavy") else None
+        return rain if rain in ("light", "heavy", "light-real", "heavy-real") else None
     return "official" if method in OFFICIAL_WEIGHTS else None
 
 
