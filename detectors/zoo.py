@@ -247,7 +247,8 @@ def _train_kitti_detector(paths: dict, prof, data_root: Path | None, max_seconds
     yolo_cfg = yolo_cfg_of(yolo_path)
     torch.manual_seed(sched["seed"])
     model = build_detector(KITTI_DETECTOR, min_size=sched["min_size"], max_size=sched["max_size"], yolo_cfg=yolo_cfg)
-    init_record = {**init_from_yolov5(model.model, yolo_path), **file_identity(yolo_path),
+    init_record = {**file_identity(yolo_path), **init_from_yolov5(model.model, yolo_path),
+                   "path": f"<data root>/{COCO_DETECTORS['yolov5n'][0]}",
                    "licence": "AGPL-3.0 (YOLOv5, Ultralytics): these weights derive from it"}
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     res = train_detector(model, samples, sched["iterations"], batch=sched["batch"], lr=sched["lr"], seed=sched["seed"],

@@ -145,6 +145,16 @@ def test_kitti_detector_trains_on_cars_and_vans(tiny_file, tmp_path):
     assert torch.equal(det.model.backbone.body[0].conv.weight, frozen)
 
 
+def test_the_shipped_kitti_detector_loads_without_data_and_finds_nothing_in_a_flat_frame(monkeypatch):
+    from detectors import zoo
+
+    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    det = zoo.get_detector("fasterrcnn_kitti", profile="smoke")  # smoke scores with the quick detector
+    assert det.meta["identity"]["source"] == "shipped" and det.meta["max_size"] == 1242
+    out = det([torch.full((3, 96, 320), 0.5)])[0]
+    assert len(out["boxes"]) == 0 or float(out["scores"].max()) < 0.5
+
+
 def test_the_study_renders_the_fitted_rains_with_the_models_trained_on_them():
     assert {"light-real", "heavy-real"} <= set(RAINS)
     assert weights_for_rain("resguidenet", "heavy-real") == "heavy-real"
