@@ -145,10 +145,8 @@ def _coco50(g, d) -> float:
 CI_METRICS = {"ap40_moderate": _ap40m, "coco_ap50": _coco50}
 
 
-#: Datasets whose labels have no KITTI difficulty (no truncation / occlusion levels, other camera
-#: geometry): scored with COCO AP only, the KITTI keys left None.
-COCO_ONLY_DATASETS = ("dawn",)
-#: Datasets of real rainy photographs: scored as they are (``rain="none"``), never with rain added.
+#: Datasets of real rainy photographs: scored as they are (``rain="none"``), never with rain added,
+#: and with COCO AP only, the KITTI keys left None (their labels have no truncation / occlusion levels).
 REAL_RAIN_DATASETS = ("dawn",)
 
 
@@ -263,7 +261,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         if pending:
             flush()
         stage["now"] = "scoring"
-        kitti_levels = dataset.lower() not in COCO_ONLY_DATASETS
+        kitti_levels = dataset.lower() not in REAL_RAIN_DATASETS
         scored = _metrics(ds.gts, dets, n_boot, prof.seed, kitti_levels)
         if not kitti_levels:
             scored["note"] = ("COCO AP only: the labels have no KITTI truncation / occlusion levels, so KITTI's "

@@ -71,6 +71,17 @@ def _labels_digest(h, gts) -> None:
 
 
 
+def _files_digest(ids, paths, gts) -> str:
+    """The fingerprint of labelled image files: ids, file sizes and labels."""
+    h = hashlib.sha256()
+    for image_id, path in zip(ids, paths):
+        h.update(image_id.encode())
+        h.update(str(Path(path).stat().st_size).encode())
+    _labels_digest(h, gts)
+    return h.hexdigest()
+
+
+
 def detection_dataset(name: str, data_root: Path | None, profile: str = "quick") -> DetectionSet:
     """``"roads"`` (embedded test split), ``"KITTI"`` (under the data root) or a KITTI-layout folder.
 
@@ -93,12 +104,8 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
         ids, paths, gts = read_coco_labels(name)
         if prof.real_limit:
             ids, paths, gts = ids[: prof.real_limit], paths[: prof.real_limit], gts[: prof.real_limit]
-        h = hashlib.sha256()
-        for image_id, path in zip(ids, paths):
-            h.update(image_id.encode())
-            h.update(str(path.stat().st_size).encode())
-        _labels_digest(h, gts)
-        info = {"source": str(Path(name).resolve()), "limit": prof.real_limit, "fingerprint": h.hexdigest()}
+        info = {"source": str(Path(name).resolve()), "limit": prof.real_limit,
+                "fingerprint": _files_digest(ids, paths, gts)}
         return DetectionSet(Path(name).stem, ids, gts, lambda i: read_rgb(paths[i]), info)
     if name.lower() == "dawn":
         return _dawn(data_root, prof.real_limit)
@@ -119,13 +126,8 @@ def detection_dataset(name: str, data_root: Path | None, profile: str = "quick")
     ids = ds.ids[: prof.real_limit] if prof.real_limit else ds.ids
     ds = KittiDetection(root, ids)
     gts = ds.all_labels()
-    h = hashlib.sha256()
-    for i, image_id in enumerate(ds.ids):
-        h.update(image_id.encode())
-        h.update(str(ds.image_path(i).stat().st_size).encode())
-    _labels_digest(h, gts)
-
-    info = {"source": str(root), "limit": prof.real_limit, "fingerprint": h.hexdigest()}
+    digest = _files_digest(ds.ids, [ds.image_path(i) for i in range(len(ds))], gts)
+    info = {"source": str(root), "limit": prof.real_limit, "fingerprint": digest}
     return DetectionSet(label, list(ds.ids), gts, lambda i: read_rgb(ds.image_path(i)), info)
 
 
@@ -145,12 +147,8 @@ def _dawn(data_root: Path | None, limit: int | None) -> DetectionSet:
     if limit:
         entries = entries[:limit]
     ids, paths, gts = [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]
-    h = hashlib.sha256()
-    for image_id, path in zip(ids, paths):
-        h.update(image_id.encode())
-        h.update(str(path.stat().st_size).encode())
-    _labels_digest(h, gts)
-    info = {"source": f"<data root>/{DAWN_DIR}", "limit": limit, "fingerprint": h.hexdigest(), "real_rain": True}
+    info = {"source": f"<data root>/{DAWN_DIR}", "limit": limit, "fingerprint": _files_digest(ids, paths, gts),
+            "real_rain": True}
     return DetectionSet("DAWN", ids, gts, lambda i: read_rgb(paths[i]), info)
 
 

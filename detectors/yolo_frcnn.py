@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from detectors.yolov5_checkpoint import read_yolov5_checkpoint
-from detectors.yolov5_net import Detect, build_yolov5
+from detectors.yolov5_net import Detect, build_yolov5, tap_maps
 
 __all__ = ["NAME", "OUT_CHANNELS", "FROZEN_LAYERS", "YoloPanBackbone", "fasterrcnn_kitti", "init_from_yolov5",
-           "TRAINING", "POSITIVE_TYPES", "yolo_cfg_of"]
+           "TRAINING", "POSITIVE_TYPES", "yolo_cfg_of", "freeze_batch_norms"]
 
 NAME = "fasterrcnn_kitti"
 OUT_CHANNELS = 128
@@ -53,7 +53,8 @@ TRAINING = {"min_size": 375, "max_size": 1242, "iterations": 1000, "batch": 4, "
 POSITIVE_TYPES = ("Car", "Van")
 
 
-def _freeze_batch_norms(module: nn.Module) -> None:
+def freeze_batch_norms(module: nn.Module) -> None:
+    """Replace every ``BatchNorm2d`` under ``module`` by a ``FrozenBatchNorm2d`` with its statistics."""
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     for child_name, child in module.named_children():
@@ -63,7 +64,7 @@ def _freeze_batch_norms(module: nn.Module) -> None:
                 getattr(frozen, buf).copy_(getattr(child, buf).detach())
             setattr(module, child_name, frozen)
         else:
-            _freeze_batch_norms(child)
+            freeze_batch_norms(child)
 
 
 class YoloPanBackbone(nn.Module):
@@ -82,24 +83,18 @@ class YoloPanBackbone(nn.Module):
         self.body = nn.ModuleList(list(net.model)[:-1])
         self.froms = net.froms[:-1]
         self.taps = list(net.froms[-1])
-        self._keep = set(self.taps) | {j for f in self.froms if not isinstance(f, int) for j in f if j != -1} | {
-            f for f in self.froms if isinstance(f, int) and f != -1}
+        self._keep = net._keep
         tap_channels = [m.in_channels for m in detect.m]
         self.adapters = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in tap_channels)
         self.out_channels = out_channels
-        _freeze_batch_norms(self.body)
+        freeze_batch_norms(self.body)
         for layer in list(self.body)[:frozen_layers]:
             for p in layer.parameters():
                 p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        outputs: list[torch.Tensor | None] = []
-        for i, (layer, f) in enumerate(zip(self.body, self.froms)):
-            if f != -1:
-                x = outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
-            x = layer(x)
-            outputs.append(x if i in self._keep else None)
-        return OrderedDict((str(k), adapter(outputs[t])) for k, (t, adapter) in enumerate(zip(self.taps, self.adapters)))
+        maps = tap_maps(self.body, self.froms, self._keep, self.taps, x)
+        return OrderedDict((str(k), adapter(m)) for k, (m, adapter) in enumerate(zip(maps, self.adapters)))
 
 
 def fasterrcnn_kitti(weights=None, weights_backbone=None, num_classes: int = 2, *, yolo_cfg: Mapping[str, Any] | None = None,

@@ -157,6 +157,21 @@ _LITERALS = {"None": None, "True": True, "False": False}
 
 
 
+def tap_maps(layers, froms: Sequence[int | list[int]], keep: set[int], taps: Sequence[int], x: torch.Tensor
+             ) -> list[torch.Tensor]:
+    """Run ``layers`` in order, layer ``i`` reading ``froms[i]`` (-1: the previous layer's output; a
+    list: those outputs), keeping the outputs whose index is in ``keep``; return the outputs at
+    ``taps`` (-1: the last one), the maps a ``Detect`` head reads."""
+    outputs: list[torch.Tensor | None] = []
+    for i, (layer, f) in enumerate(zip(layers, froms)):
+        if f != -1:
+            x = outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
+        x = layer(x)
+        outputs.append(x if i in keep else None)
+    return [x if j == -1 else outputs[j] for j in taps]
+
+
+
 class YoloV5Net(nn.Module):
     """The network described by a YOLOv5 yaml config (see :func:`build_yolov5`).
 
@@ -184,13 +199,8 @@ class YoloV5Net(nn.Module):
         return self.detect.stride
 
     def forward(self, x: torch.Tensor, decode: bool = True):
-        outputs: list[torch.Tensor | None] = []
-        for i, (layer, f) in enumerate(zip(self.model, self.froms)):
-            if f != -1:
-                x = outputs[f] if isinstance(f, int) else [x if j == -1 else outputs[j] for j in f]
-            x = layer(x, decode) if isinstance(layer, Detect) else layer(x)
-            outputs.append(x if i in self._keep else None)
-        return x
+        layers = list(self.model)
+        return self.detect(tap_maps(layers[:-1], self.froms[:-1], self._keep, self.froms[-1], x), decode)
 
 
 

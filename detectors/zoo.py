@@ -24,7 +24,7 @@ from detectors.train_det import train_detector
 from detectors.yolo_frcnn import NAME as KITTI_DETECTOR
 from detectors.yolo_frcnn import POSITIVE_TYPES as KITTI_POSITIVES
 from detectors.yolo_frcnn import TRAINING as KITTI_TRAINING
-from detectors.yolo_frcnn import init_from_yolov5, yolo_cfg_of
+from detectors.yolo_frcnn import freeze_batch_norms, init_from_yolov5, yolo_cfg_of
 from detectors.yolov5 import DEFAULT_IMG_SIZE, load_yolov5
 from datasets.kitti_tracking import TRACKING_DIR, tracking_samples
 from models import provider
@@ -214,12 +214,17 @@ def train_detector_cmd(name: str | None = None, profile: str = "quick", data_roo
     meta = {"min_size": h, "max_size": w, "profile": prof.name, "training_data": training_data,
             "iterations": res["iterations"], "seconds": res["seconds"], "final_loss": res["final_loss"],
             "config": res["config"], "init": init_record}
-    model.save(weights, meta)
-    record = {**meta, **file_identity(weights)}
-
-    atomic_write_text(weights.with_suffix(".json"), json.dumps(record, indent=1, default=str) + "\n")
+    _save_trained(model, weights, meta)
     out["weights"] = str(weights)
     return out
+
+
+def _save_trained(model, weights: Path, meta: dict, leave_out: tuple[str, ...] = ()) -> None:
+    """Write the trained detector with ``meta``, and its ``.json`` record (``meta`` without
+    ``leave_out``, plus the file's identity) beside it."""
+    model.save(weights, meta)
+    record = {**{k: v for k, v in meta.items() if k not in leave_out}, **file_identity(weights)}
+    atomic_write_text(weights.with_suffix(".json"), json.dumps(record, indent=1, default=str) + "\n")
 
 
 
@@ -265,10 +270,7 @@ def _train_kitti_detector(paths: dict, prof, data_root: Path | None, max_seconds
             "training_data": training_data, "iterations": res["iterations"], "seconds": res["seconds"],
             "final_loss": res["final_loss"], "config": res["config"], "init": init_record, "yolo_cfg": yolo_cfg,
             "command": _train_command(KITTI_DETECTOR, prof.name) + " --data-root DATA"}
-    model.save(weights, meta)
-    record = {k: v for k, v in meta.items() if k != "yolo_cfg"}
-    atomic_write_text(weights.with_suffix(".json"), json.dumps({**record, **file_identity(weights)}, indent=1,
-                                                               default=str) + "\n")
+    _save_trained(model, weights, meta, leave_out=("yolo_cfg",))
     out["weights"] = str(weights)
     return out
 
@@ -276,9 +278,6 @@ def _train_kitti_detector(paths: dict, prof, data_root: Path | None, max_seconds
 def load_partial(model, path: str | Path) -> dict:
     """Load every tensor of the checkpoint at ``path`` whose name and shape fit ``model``;
     freeze the backbone's batch norms (``FrozenBatchNorm2d``); return what was loaded / left."""
-    import torch
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
     state = read_state(path)
     own = model.state_dict()
     fits = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
@@ -286,16 +285,6 @@ def load_partial(model, path: str | Path) -> dict:
         raise ValueError(f"{path}: no tensor of the checkpoint fits the detector (is it a Faster R-CNN?)")
     model.load_state_dict(fits, strict=False)
 
-    def freeze(module):
-        for child_name, child in module.named_children():
-            if isinstance(child, torch.nn.BatchNorm2d):
-                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-                for buf in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(frozen, buf).copy_(getattr(child, buf).detach())
-                setattr(module, child_name, frozen)
-            else:
-                freeze(child)
-
-    freeze(model.backbone)
+    freeze_batch_norms(model.backbone)
     return {"path": str(path), "loaded": len(fits), "left_at_init": sorted(k for k in own if k not in fits),
             "unused": sorted(k for k in state if k not in fits)[:20]}
