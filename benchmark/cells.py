@@ -11,6 +11,7 @@ import threading
 from tqdm import tqdm
 
 from benchmark.evaluate import evaluate
+from benchmark.inference import cell_megapixels
 from benchmark.executor import concurrently, gather, parallel
 from benchmark.shards import merge, method_module, run_shard, shard_tasks
 from core.metrics import PROTOCOL
@@ -55,17 +56,19 @@ def run_cell(key: CellKey, ctx: Context) -> dict:
             return old
         stage["now"] = "evaluating"
         ex = ctx.executor
+        mp = cell_megapixels(dataset)  # the cell's, not a shard's: every shard takes the same path
         if not parallel(ex):
-            result = evaluate(net, dataset, progress=ctx.progress, desc=f"{key.method} on {key.dataset}")
+            result = evaluate(net, dataset, progress=ctx.progress, desc=f"{key.method} on {key.dataset}",
+                              method=key.method, megapixels=mp)
         elif method_module(key.method) is None:  # registered in a user's script: no worker knows it
             with _IN_DRIVER:  # one such cell at a time, beside the workers
-                result = evaluate(net, dataset, progress=False)
+                result = evaluate(net, dataset, progress=False, method=key.method, megapixels=mp)
         else:
-            tasks = shard_tasks(key, prof, ctx.data_root, dataset, winfo, ex.workers, ctx.shard_size)
+            tasks = shard_tasks(key, prof, ctx.data_root, dataset, winfo, ex.workers, ctx.shard_size, megapixels=mp)
             result = merge(gather(ex, run_shard, tasks, ctx.progress_bar, size=lambda t: t.stop - t.start),
                            key.dataset)
             cell["shards"] = {"n": len(tasks), "executor": ex.name, "workers": result.pop("workers")}
-        cell.update(status="ok", metrics=result["metrics"], per_image=result["per_image"],
+        cell.update(status="ok", metrics=result["metrics"], per_image=result["per_image"], inference=result["inference"],
                     n_images=result["n_images"], seconds=result["seconds"], dataset_info=desc,
                     weights=winfo, fingerprint=fp)
         return None

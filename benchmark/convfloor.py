@@ -18,7 +18,8 @@ from contextlib import nullcontext
 
 import torch
 
-from benchmark.runtime import compile_for_inference, prepare_cpu, time_passes
+from benchmark.inference import compile_for_inference
+from benchmark.runtime import prepare_cpu, time_passes
 
 
 class _Chain(torch.nn.Module):

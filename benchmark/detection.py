@@ -28,12 +28,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from benchmark.derained import DerainedFrames
-from benchmark.evaluate import run_model, to_tensor
 from benchmark.executor import concurrently, gather, parallel
+from benchmark.inference import Derainer, image_megapixels, to_tensor
 from benchmark.shards import DerainTask, derain_shard, method_module, shard_ranges
 from core.errors import UnknownMethod
 from core.layout import RESULTS
@@ -172,7 +171,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     """Compute (or reuse) one detection cell; never raises for a bad input (see the module doc).
 
     ``derainer``: a registered method or ``"none"`` / ``"identity"`` (the clean and rainy
-    rows); ``derainer_weights`` default to :func:`models.registry.weights_for_rain`.  The cell holds
+    rows); ``derainer_weights`` default to :func:`models.registry.weights_for`.  The cell holds
     ``metrics`` (``ap11_*``, ``ap40_*``, ``coco_ap``, ``coco_ap50``, ``coco_ap75``), ``ci``
     (95 % percentile bootstrap intervals over images of ``ap40_moderate`` and ``coco_ap50``),
     ``n_images``, ``n_objects`` (Car ground truths), ``seconds`` (``derain``, ``detect``) and
@@ -189,7 +188,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
     no_derain = derainer in NO_DERAINER
     if derainer_weights is None and not no_derain:
         try:
-            derainer_weights = registry.weights_for_rain(derainer, rain)
+            derainer_weights = registry.weights_for(derainer, dataset, rain)
         except UnknownMethod:
             pass  # reported below as a failed cell
     cid = cell_id(detector, "none" if no_derain else derainer, dataset, rain, derainer_weights)
@@ -214,7 +213,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             net, winfo = None, {"tag": "none"}
         else:
             net, winfo = registry.load(derainer, _weights_path(derainer_weights), prof.name, data_root)
-            net = net.to(memory_format=torch.channels_last)  # as benchmark.evaluate.evaluate: run_model's format
+            net = Derainer(net, derainer, megapixels=len(ds) * image_megapixels(ds.image(0)) if len(ds) else 0.0)
         fp = fingerprint({"format": DET_FORMAT, "detector": det.meta["identity"]["sha256"], "detector_name": detector,
                           "detector_config": det.meta["identity"].get("config_sha256"),
                           "detector_size": [det.meta["min_size"], det.meta["max_size"]],
@@ -241,7 +240,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             stage["now"] = "deraining the frames on the executor"
             tasks = [DerainTask(cell["derainer"], _weights_path(derainer_weights), dataset, rain, prof.name,
                                 str(data_root) if data_root else None, a, b, str(frames.root), ds.info["fingerprint"],
-                                fingerprint(winfo), method_module(cell["derainer"]))
+                                fingerprint(winfo), method_module(cell["derainer"]), net.megapixels)
                      for a, b in shard_ranges(len(ds), executor.workers)]
             done = gather(executor, derain_shard, tasks, progress_bar, size=lambda t: t.stop - t.start)
             t_derain += sum(r["seconds"] for r in done)
@@ -252,7 +251,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
                 img = rainy([ds.image(i)], rain, prof.seed, ids=[ds.ids[i]])[0]
                 if net is not None:
                     t0 = time.perf_counter()
-                    img = to_uint8(run_model(net, img))
+                    img = to_uint8(net(img))
                     t_derain += time.perf_counter() - t0
                     frames.save(ds.ids[i], img)
             pending.append(to_tensor(img)[0])
@@ -269,6 +268,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         cell.update(status="ok", **scored, n_images=len(ds), n_objects=ds.n_objects,
                     seconds={"derain": t_derain, "detect": t_detect},
                     derained_from_cache=frames.hits if frames else 0, dataset_info=ds.info,
+                    inference=net.describe() if net is not None else None,
                     detector_weights=det.meta["identity"],
                     detector_size=[det.meta["min_size"], det.meta["max_size"]],
                     detector_training=(det.meta.get("training_data") or None),
@@ -339,7 +339,7 @@ def _row_cell_id(detector: str, row: _Row, dataset: str) -> str:
     weights = row.weights
     if weights is None and row.derainer not in NO_DERAINER:
         try:
-            weights = registry.weights_for_rain(row.derainer, row.rain)
+            weights = registry.weights_for(row.derainer, dataset, row.rain)
         except LookupError:
             weights = None
     return cell_id(detector, "none" if row.derainer in NO_DERAINER else row.derainer, dataset, row.rain, weights)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark import runtime
-from benchmark.tables import rain_of
 from core.errors import DatasetError
 from core.files import atomic_write_text
 from core.store import CellKey
 from datasets.names import canonical_name, resolve_dataset
+from models import registry
 
 BLOCKS = ("1", "2", "3", "4", "5")
 
@@ -90,7 +90,7 @@ def dataset_for(rain: str, data_root) -> str:
 
 def weights_rain(rain: str, data_root) -> str:
     """The weights tag a ``rain`` series runs: Table 2's for the dataset :func:`dataset_for` picks."""
-    return rain_of(dataset_for(rain, data_root))
+    return registry.rain_of(dataset_for(rain, data_root))
 
 
 def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
@@ -126,7 +126,7 @@ def absent_data(fig_id: str, data_root, out_dir: Path) -> list[str]:
 
 def keys(spec: FigureSpec, data_root) -> list[CellKey]:
     datasets = [dataset_for(s.rain, data_root) for s in spec.series]  # one lookup per series
-    return [CellKey(m, ds, rain_of(ds)) for s, ds in zip(spec.series, datasets) for m in s.methods]
+    return [CellKey(m, ds, registry.rain_of(ds)) for s, ds in zip(spec.series, datasets) for m in s.methods]
 
 
 # ---------------------------------------------------------------- timing for the compute curve
@@ -154,7 +154,7 @@ def frame(spec: FigureSpec, cells: dict[str, dict], data_root):
     for s in spec.series:
         ds = dataset_for(s.rain, data_root)
         for x, m in zip(spec.x, s.methods):
-            cell = cells.get(CellKey(m, ds, rain_of(ds)).id) or {}
+            cell = cells.get(CellKey(m, ds, registry.rain_of(ds)).id) or {}
             ok = cell.get("status") == "ok"
             rows.append({"series": s.label, "x": x, "method": m, "dataset": ds, "status": cell.get("status", "not run"),
                          "value": cell["metrics"][spec.metric] if ok else float("nan")})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ from benchmark.check import run_check
 from benchmark.detection import REAL_RAIN_DATASETS, contract, detect_cell
 from benchmark.evaluate import evaluate
 from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLock, make_executor, parallel
-from benchmark.runtime import measure, prepare_cpu
+from benchmark.inference import EAGER_ENV
+from benchmark.runtime import measure_against_naive, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from core.weights import RAIN_TAGS, denoise_tag, seeded_tag
@@ -91,24 +93,26 @@ def cmd_list() -> int:
 
 def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
               dtype: str = "float32", channels_last: bool = True, tile: int | None = None, halo: int = 64,
-              compile: bool = False) -> int:
+              compile: bool = False, eager: bool = False) -> int:
     profile = get_profile(profile_name)
     data_root = data_root_from(data_root_arg)
     ds = open_dataset(dataset, data_root, size=profile.embedded_size, seed=profile.seed, limit=limit)
+    if weights is None:  # the model the tables run on this dataset (Table 2's cell for Rain100L)
+        weights = registry.weights_for(method, ds.name)
     net, winfo = registry.load(method, weights, profile.name, data_root)
-
     refuse_seen_test_set(dataset, weights, winfo)
     if tile:
         net = Tiled(net, tile, halo)
     t0 = time.perf_counter()
+    path = "eager" if eager else "compiled" if compile else "auto"
     res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}", dtype=dtype, channels_last=channels_last,
-                   compile=compile)
+                   path=path, method=method)
     desc = ds.describe()
     line = {"method": method, "dataset": ds.name, "n_images": res["n_images"], **res["metrics"],
             "weights": winfo, "seconds": round(time.perf_counter() - t0, 3),
             "dataset_version": desc.get("version"), "dataset_known": desc.get("known"),
             "dataset_fingerprint": desc.get("fingerprint"), "profile": profile.name,
-            "dtype": dtype, "channels_last": channels_last, "compile": compile, "tile": tile,
+            "dtype": dtype, "channels_last": channels_last, "inference": res["inference"], "tile": tile,
             "halo": halo if tile else None}
     print(json.dumps(line))
     return 0
@@ -217,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", default=None, help="folder holding real datasets (else $RESGUIDE_DATA)")
         p.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
         p.add_argument("--no-progress", dest="progress", action="store_false")
+        p.add_argument("--eager", action="store_true",
+                       help="derain on the eager path (no compilation), for debugging and comparison")
 
     def scale(p):
         p.add_argument("--executor", default=DEFAULT_EXECUTOR, choices=EXECUTORS,
@@ -260,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contiguous", dest="channels_last", action="store_false",
                    help="NCHW memory format instead of the default channels-last (same numbers, slower)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model with weight freezing (pays on many images of one size)")
+                   help="compile the model (weight freezing) even where the image count does not pay for it")
     p.add_argument("--tile", type=_at_least(16), default=None,
                    help="run the model on TILE x TILE blocks, TILE >= 16 (bounded memory)")
     p.add_argument("--halo", type=_at_least(0), default=64, help="context pixels around each tile (default 64)")
@@ -299,9 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model with weight freezing (compiled during warm-up)")
+    p.add_argument("--eager", action="store_true",
+                   help="time the eager channels-last path instead of the compiled one the cells use")
     p = sub.add_parser("check", help="regression gate: recompute smoke cells and compare with the reference")
     p.add_argument("--data-root", default=None)
     p.add_argument("--reference", type=Path, default=None, help="reference JSON (default results/reference/smoke.json)")
@@ -387,6 +392,8 @@ def cmd_train_detector(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "eager", False) and args.command != "runtime":
+        os.environ[EAGER_ENV] = "1"  # every derainer of this command, and of its executor's workers
 
     prepare_cpu()
     try:
@@ -408,7 +415,8 @@ def main(argv=None) -> int:
             return cmd_list()
         if args.command == "score":
             return cmd_score(args.method, args.dataset, args.data_root, args.weights, args.limit, args.profile,
-                             args.progress, args.dtype, args.channels_last, args.tile, args.halo, args.compile)
+                             args.progress, args.dtype, args.channels_last, args.tile, args.halo, args.compile,
+                             args.eager)
         if args.command == "params":
             return cmd_params(args.method)
         if args.command == "train":
@@ -418,8 +426,8 @@ def main(argv=None) -> int:
         if args.command == "render":
             return cmd_render(Job(get_profile(args.profile), None, args.results, measure=False), args.check)
         if args.command == "runtime":
-            print(json.dumps(measure(args.method, args.size, args.device, args.dtype, args.batch, args.repeats,
-                                     args.warmup, channels_last=args.channels_last, compile=args.compile)))
+            print(json.dumps(measure_against_naive(args.method, args.size, args.device, args.dtype, args.batch,
+                                                   args.repeats, args.warmup, eager=args.eager)))
             return 0
         if args.command == "check":
             return run_check(args.data_root, args.reference, args.update, args.progress)

@@ -9,7 +9,9 @@ counts the floating-point operations of one pass (per batch) with
 counted). ``peak_mem_mb`` is the accelerator's peak allocation on CUDA and the growth of
 this process's peak resident set on the CPU (0 when the pass fits in memory already held).
 
-``compile=True`` goes through :func:`compile_for_inference`: TorchInductor with weight freezing,
+``runtime METHOD`` (:func:`measure_against_naive`) times the path the cells take
+(:mod:`benchmark.inference`) and, in the same process, the eager NCHW float32 module.
+``compile=True`` goes through :func:`benchmark.inference.compile_for_inference`: TorchInductor with weight freezing,
 which folds the weights into the graph and fuses each convolution with the LeakyReLU / ReLU
 after it (oneDNN post-ops), so those activations are not read and written again by a separate
 element-wise pass. Additions that follow an activation (ResGuideNet's ``g(x) + x0``) stay
@@ -28,6 +30,7 @@ from contextlib import nullcontext
 
 import torch
 
+from benchmark.inference import choose_path, compile_for_inference
 from models.registry import count_parameters, load
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -120,48 +123,17 @@ def prepare_cpu() -> str:
     return tune_allocator()
 
 
-class FrozenCompiled(torch.nn.Module):
-    """``net`` behind ``torch.compile``, every call made with Inductor's ``freezing`` switched on.
-
-    The flag has to be set in the global Inductor config while Dynamo traces: Dynamo itself reads
-    it (``torch._dynamo.utils.is_parameter_freezing``) to decide whether the parameters are
-    constants of the graph. Passing it as ``torch.compile(options={"freezing": True})`` reaches only
-    Inductor: the graph then keeps the weights as inputs, no convolution is packed or fused and
-    the result is an ordinary compiled graph (this suite's compiled path was that before: 0.79 s
-    against 0.61 s frozen for ResGuideNet at 500x500 on 2 threads). Attributes the wrapped model
-    has (e.g. the auto-exit model's ``last_exit``) are read through."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.inner = net
-        self.compiled = torch.compile(net, dynamic=False)
-
-    def forward(self, *args, **kwargs):
-        from torch._inductor import config
-
-        with config.patch(freezing=True):
-            return self.compiled(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("inner"), name)
-
-
-def compile_for_inference(net: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` for inference only: Inductor with weight freezing (:class:`FrozenCompiled`:
-    the weights become constants of the graph, are packed once for oneDNN, and each convolution is
-    fused with the LeakyReLU / ReLU after it). The first call per input shape compiles (seconds to
-    minutes); the result must then only be called under ``torch.inference_mode`` or
-    ``torch.no_grad`` (with gradients on, Inductor does not freeze), and changes to the weights are
-    not seen. ``dynamic=False``: each image size gets its own static graph (up to Dynamo's recompile
-    limit, 8 by default, then eager). The default would switch to one shape-generic graph at the
-    second size, and that graph ran ResGuideNet at 321x481 in 1.0 s against 0.62 s static (one
-    thread). A model whose forward is not one fixed graph (JORDER's loop over crops) offers
-    ``compile_parts(compiler)``, which compiles the parts that are and returns the model to use."""
-    parts = getattr(net, "compile_parts", None)
-    return parts(FrozenCompiled) if callable(parts) else FrozenCompiled(net)
+def measure_against_naive(method: str, size: int = 500, device: str = "cpu", dtype: str = "float32",
+                          batch: int = 1, repeats: int = 5, warmup: int = 2, eager: bool = False) -> dict:
+    """``runtime METHOD``: the suite's inference path (channels-last, compiled with freezing unless
+    ``eager`` or the method never compiles, :data:`benchmark.inference.EAGER_ONLY`) against the same module run eager, NCHW, float32, in one
+    process. The record is the fast path's, with ``naive_median_s`` and ``speedup``."""
+    path, why = choose_path(method, float("inf"), "eager" if eager else "compiled")
+    naive = measure(method, size, device, "float32", batch, repeats, warmup)
+    fast = measure(method, size, device, dtype, batch, repeats, warmup, channels_last=True,
+                   compile=path == "compiled")
+    return {**fast, "path": path, "why": why, "naive_median_s": naive["median_s"],
+            "speedup": round(naive["median_s"] / fast["median_s"], 3)}
 
 
 def _count_gflops(net: torch.nn.Module, x: torch.Tensor, autocast) -> float:
@@ -212,7 +184,7 @@ def measure(method: str, size: int = 500, device: str = "cpu", dtype: str = "flo
     return {
         "method": method, "size": size, "device": dev.type, "dtype": dtype, "batch": batch,
         "channels_last": channels_last, "compile": compile,
-        **({"compile_options": {"freezing": True}} if compile else {}),
+        **({"compile_options": {"freezing": True, "dynamic": True}} if compile else {}),
         "median_s": median, "min_s": min(times), "max_s": max(times), "repeats": repeats,
         "images_per_s": batch / median, "threads": torch.get_num_threads(),
         "params": params["trainable"], "gflops": round(gflops, 3), "peak_mem_mb": round(peak_mb, 1),

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import torch
-
 from benchmark.derained import save_frame
-from benchmark.evaluate import evaluate, run_model, summarize
+from benchmark.evaluate import evaluate, summarize
+from benchmark.inference import Derainer
 from core.metrics import to_uint8
 from core.profiles import get_profile
 from core.store import fingerprint
@@ -67,6 +66,7 @@ class ShardTask:
     weights_fingerprint: str
     device: str = "cpu"
     module: str = "models"
+    megapixels: float = 0.0  # the whole cell's (benchmark.inference.cell_megapixels): its path
 
 
 @lru_cache(maxsize=4)
@@ -92,6 +92,14 @@ def _method(method: str, weights: str | None, profile: str, data_root: str | Non
         return registry.load(method, weights, profile, Path(data_root) if data_root else None)
 
 
+@lru_cache(maxsize=2)
+def _derainer(method: str, weights: str | None, profile: str, data_root: str | None, module: str,
+              megapixels: float, device: str = "cpu") -> tuple[Derainer, dict]:
+    """The worker's derainer on the cell's path, built (and compiled) once for all its shards."""
+    net, winfo = _method(method, weights, profile, data_root, module)
+    return Derainer(net, method, megapixels, device=device), winfo
+
+
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -107,20 +115,22 @@ def run_shard(task: ShardTask) -> dict:
     dataset = _dataset(task.dataset, task.data_root, task.profile, task.limit)
     _check("the images", dataset.describe().get("fingerprint"), task.dataset_fingerprint,
            f"{task.dataset} under {task.data_root}")
-    net, winfo = _method(task.method, task.weights, task.profile, task.data_root, task.module)
+    derainer, winfo = _derainer(task.method, task.weights, task.profile, task.data_root, task.module,
+                                task.megapixels, task.device)
     _check("the weights", fingerprint(winfo), task.weights_fingerprint, f"{task.method} {task.weights}")
     part = image_range(dataset, task.start, task.stop)
-    result = evaluate(net, part, progress=False, device=task.device)
-    return {"per_image": result["per_image"], "seconds": result["seconds"], "worker": _worker_id()}
+    result = evaluate(derainer, part, progress=False)
+    return {"per_image": result["per_image"], "seconds": result["seconds"], "worker": _worker_id(),
+            "inference": result["inference"]}
 
 
 def shard_tasks(key, prof, data_root: Path | None, dataset, winfo: dict, workers: int, size: int | None = None,
-                device: str = "cpu") -> list[ShardTask]:
+                device: str = "cpu", megapixels: float = 0.0) -> list[ShardTask]:
     """The shards of the cell ``key`` whose dataset (opened by the driver) is ``dataset``."""
     limit = None if is_embedded(key.dataset) else prof.real_limit
     fp = dataset.describe().get("fingerprint")
     return [ShardTask(key.method, key.weights, key.dataset, prof.name, str(data_root) if data_root else None, limit,
-                      a, b, fp, fingerprint(winfo), device, method_module(key.method))
+                      a, b, fp, fingerprint(winfo), device, method_module(key.method), megapixels)
             for a, b in shard_ranges(len(dataset), workers, size)]
 
 
@@ -129,6 +139,8 @@ def merge(results: list[dict], name: str) -> dict:
     per_image = [p for r in results for p in r["per_image"]]
     out = summarize(per_image, sum(r["seconds"] for r in results), name)
     out["workers"] = sorted({r["worker"] for r in results})
+    paths = [r["inference"] for r in results if r.get("inference")]
+    out["inference"] = paths[0] if paths and all(p == paths[0] for p in paths) else paths  # one path per cell
     return out
 
 
@@ -151,6 +163,7 @@ class DerainTask:
     dataset_fingerprint: str
     weights_fingerprint: str
     module: str = "models"
+    megapixels: float = 0.0  # the whole dataset's: every shard takes the cell's inference path
 
 
 @lru_cache(maxsize=2)
@@ -163,9 +176,9 @@ def derain_shard(task: DerainTask) -> dict:
     already there is left as it is."""
     ds = _detection_set(task.dataset, task.data_root, task.profile)
     _check("the frames", ds.info["fingerprint"], task.dataset_fingerprint, f"{task.dataset} under {task.data_root}")
-    net, winfo = _method(task.derainer, task.weights, task.profile, task.data_root, task.module)
+    derainer, winfo = _derainer(task.derainer, task.weights, task.profile, task.data_root, task.module,
+                                task.megapixels)
     _check("the weights", fingerprint(winfo), task.weights_fingerprint, f"{task.derainer} {task.weights}")
-    net = net.to(memory_format=torch.channels_last)  # as the cell's own deraining (run_model's format)
     seed = get_profile(task.profile).seed
     start, done = time.perf_counter(), 0
     for i in range(task.start, task.stop):
@@ -173,6 +186,7 @@ def derain_shard(task: DerainTask) -> dict:
         if path.is_file():
             continue
         img = rainy([ds.image(i)], task.rain, seed, ids=[ds.ids[i]])[0]
-        save_frame(path, to_uint8(run_model(net, img)))
+        save_frame(path, to_uint8(derainer(img)))
         done += 1
-    return {"frames": done, "seconds": time.perf_counter() - start, "worker": _worker_id()}
+    return {"frames": done, "seconds": time.perf_counter() - start, "worker": _worker_id(),
+            "inference": derainer.describe()}

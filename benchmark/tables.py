@@ -16,26 +16,16 @@ from pathlib import Path
 from core.files import atomic_write_text
 from core.store import CellKey
 from datasets.noisy import SETS, parse_name
+from models import registry
 
 
 @dataclass(frozen=True)
 class Column:
     method: str
     label: str
-    #: "{rain}": the weights for the row's rain (rain_of); "{density}": light or heavy, the first presets;
+    #: "{rain}": the weights for the row's rain (models.registry.weights_for); "{density}": light or heavy, the first presets;
     #: "{sigma}": the row's noise level
     weights: str | None = None
-
-
-#: The rain each dataset's derainers are trained for (the paper trains separate models). The real test
-#: sets get the models trained on the rain fitted to real training pairs (``light-real``/``heavy-real``,
-#: datasets.rainfit); the embedded sets, rendered with the first presets, the models trained on those.
-RAIN_OF_DATASET = {"Rain100H": "heavy-real", "Rain100L": "light-real", "Rain12": "light-real",
-                   "embedded-heavy": "heavy", "embedded-light": "light", "Rain1400": "ddn"}
-
-def rain_of(dataset: str) -> str:
-    """The rain tag of the derainers a table runs on ``dataset`` (``light`` for a set it does not list)."""
-    return RAIN_OF_DATASET.get(dataset, "light")
 
 
 @dataclass(frozen=True)
@@ -53,8 +43,12 @@ class TableSpec:
 
     def key(self, row: str, col: Column) -> CellKey:
         sigma = (parse_name(row) or ("", ""))[1]  # "{sigma}": the noise level of a denoising row
-        density = "heavy" if rain_of(row).startswith("heavy") else "light"  # the first presets' density
-        weights = col.weights.format(rain=rain_of(row), density=density, sigma=sigma) if col.weights else None
+        rain = registry.rain_of(row)
+        density = "heavy" if rain.startswith("heavy") else "light"  # the first presets' density
+        if col.weights == "{rain}":  # the model for the row's rain: the decision score and detect take too
+            weights = registry.weights_for(col.method, row)
+        else:
+            weights = col.weights.format(rain=rain, density=density, sigma=sigma) if col.weights else None
         return CellKey(col.method, row, weights)
 
     def keys(self) -> list[CellKey]:

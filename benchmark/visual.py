@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.evaluate import run_model, to_image, to_tensor
+from benchmark.inference import Derainer, to_image, to_tensor
 from benchmark.figures import dataset_for
-from benchmark.tables import get_table, rain_of, weights_label
+from benchmark.tables import get_table, weights_label
 from core.errors import WeightsUnavailable
 from core.files import atomic_write_text
 from core.metrics import image_metrics, rgb2y, to_uint8
@@ -173,7 +173,7 @@ def _fig3(profile, data_root):
         name, rainy, clean = pairs[0]
         row = f"{rain} rain ({ds_name}, {name})"
         panels.append(_metric_panel(row, "rainy", rainy, clean, name=name, method="identity"))
-        weights = rain_of(ds_name)
+        weights = registry.rain_of(ds_name)
         net, info = _load("resguidenet", weights, profile, data_root)
         prov["weights"][f"ResGuideNet ({rain})"] = info
         labels = [f"block {k}" for k in range(1, 6)] + ["merged"]
@@ -190,7 +190,7 @@ def _fig3(profile, data_root):
 def _fig5(profile, data_root):
     ds_name, pairs, desc = _pairs("heavy", 1, profile, data_root)
     name, rainy, clean = pairs[0]
-    weights = rain_of(ds_name)
+    weights = registry.rain_of(ds_name)
     panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
     for method, label in (("baseline", "Baseline"), ("baseline_rr", "Baseline-RR")):
         row = f"{label} ({ds_name}, {name})"
@@ -241,7 +241,7 @@ def _fig7(profile, data_root):
     ds_name, pairs, desc = _pairs("heavy", 1, profile, data_root)
     name, rainy, clean = pairs[0]
     mask = rain_mask(rainy, clean)
-    weights = rain_of(ds_name)
+    weights = registry.rain_of(ds_name)
     panels, prov = [], {"data": {ds_name: desc.get("fingerprint")}, "weights": {}}
     for method, label in (("baseline_rr", "Baseline-RR"), ("baseline", "Baseline")):
         net, info = _load(method, weights, profile, data_root)
@@ -277,7 +277,7 @@ def _fig10(profile, data_root):
                 panels.append(_missing(row, label, method, weights, info))
                 continue
             try:
-                out = run_model(net, wet)
+                out = Derainer(net, method)(wet)  # a figure's few images: the eager path
             except Exception as exc:  # noqa: BLE001 - one failing method leaves the others drawn
                 panels.append(_missing(row, label, method, weights, ("failed", f"{type(exc).__name__}: {exc}")))
                 continue
@@ -313,7 +313,7 @@ def _fig12(profile, data_root):
         net, info = _load(method, weights, profile, data_root)
         label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
         prov["weights"][label] = info
-        frames.append((label, method, weights, to_uint8(run_model(net, wet)) if net is not None else info))
+        frames.append((label, method, weights, to_uint8(Derainer(net, method)(wet)) if net is not None else info))
 
     cars = [g for g in gts if g.type == "Car"]
     panels = []

@@ -173,7 +173,7 @@ class JORDER(nn.Module):
 
     def compile_parts(self, compile_fn) -> "JORDER":
         """A copy of this model whose crop network goes through ``compile_fn`` (a module -> module
-        compiler such as :func:`benchmark.runtime.compile_for_inference`). The crop loop stays in
+        compiler such as :func:`benchmark.inference.compile_for_inference`). The crop loop stays in
         Python: compiled whole, Dynamo unrolls it into one graph per image size, which at 500x500
         had not compiled after 10 minutes. Here each chunk shape compiles once (two at most per
         image size: full chunks and the rest). The copy shares the weights; this model is not

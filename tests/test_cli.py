@@ -34,13 +34,22 @@ def test_score_compiled_gives_the_same_numbers(capsys):
     counters.clear()
     assert main(args + ["--compile"]) == 0
     compiled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert compiled["compile"] is True and eager["compile"] is False
+    assert compiled["inference"]["path"] == "compiled" and eager["inference"]["path"] == "eager"
     if torch.backends.mkldnn.is_available():  # the weights were frozen: packed for oneDNN, not graph inputs
         assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > 0
     for m in ("psnr_y", "psnr_rgb"):
         assert compiled[m] == pytest.approx(eager[m], abs=1e-4)
     for m in ("ssim_y", "ssim_rgb"):
         assert compiled[m] == pytest.approx(eager[m], abs=1e-6)
+
+
+def test_score_takes_the_weights_the_tables_take(capsys):
+    """No --weights: the model of the dataset's rain (models.registry.weights_for), as the tables'
+    cells; embedded-heavy's rain is the first heavy preset."""
+    assert main(["score", "resguidenet_3", "embedded-heavy", "--profile", "smoke", "--limit", "1", "--no-progress",
+                 "--eager"]) == 0
+    line = _last_json(capsys)
+    assert line["weights"]["tag"] == "heavy" and line["inference"]["why"] == "asked for (--eager)"
 
 
 def test_params_identity(capsys):

@@ -447,7 +447,7 @@ def test_train_command_trains_and_registers_jorder(no_weights, capsys):
 
 
 def test_compiled_jorder_compiles_its_crop_network_only():
-    from benchmark.runtime import FrozenCompiled, compile_for_inference
+    from benchmark.inference import FrozenCompiled, compile_for_inference
 
     net = JORDER(features=4).eval()
     rgb = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(0))

@@ -9,7 +9,7 @@ from datasets.kitti_tracking import read_tracking_labels, tracking_samples
 from datasets.voc import read_voc, voc_folder
 from detectors.torchvision_det import build_detector
 from detectors.yolo_frcnn import fasterrcnn_kitti, init_from_yolov5
-from models.registry import weights_for_rain
+from models.registry import weights_for, weights_for_rain
 from test_yolov5 import TINY_CFG, _save_foreign, tiny_file, tiny_net  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,6 +160,24 @@ def test_the_study_renders_the_fitted_rains_with_the_models_trained_on_them():
     assert weights_for_rain("resguidenet", "heavy-real") == "heavy-real"
     assert weights_for_rain("resguidenet", "light-real") == "light-real"
     assert weights_for_rain("none", "heavy-real") is None
+
+
+def test_one_function_decides_the_weights_for_score_detect_and_the_tables():
+    from benchmark.tables import TABLES
+
+    for spec in TABLES.values():  # a table's "{rain}" cell is the cell score and detect would compute
+        for row in spec.rows:
+            for col in spec.columns:
+                if col.weights == "{rain}":
+                    assert spec.key(row, col).weights == weights_for(col.method, row), (spec.id, row, col)
+    assert weights_for("resguidenet", "Rain100L") == "light-real"  # was light: 27.67 against Table 2's 30.22
+    assert weights_for("resguidenet", "Rain100H") == weights_for("ddn", "Rain100H") == "heavy-real"
+    assert weights_for("resguidenet", "KITTI", "heavy-real") == "heavy-real"  # added rain: its own model
+    assert weights_for("jorder", "KITTI", "light") == "light"
+    assert weights_for("resguidenet", "DAWN", "none") == weights_for("resguidenet", "DAWN") == "light-real"
+    assert weights_for("resguidenet", "some-folder") == "light"  # a set it does not know: the default rain
+    assert weights_for("prenet", "Rain100L") == "official" and weights_for("did_mdn", "KITTI", "heavy") == "density"
+    assert weights_for("identity", "DAWN") is None and weights_for("gmm", "Rain100L") is None
 
 
 @pytest.mark.realdata
