@@ -13,7 +13,11 @@ from pathlib import Path
 
 from benchmark.detection import (
     DEFAULT_DERAINERS,
+    LEFT_OUT,
+    REAL_RAIN_DATASETS,
+    STUDY_DATASETS,
     _ap40m,
+    _coco50,
     _det_store,
     _Row,
     ap_cells,
@@ -57,8 +61,8 @@ def _ci(ci) -> str:
 
 def ap_table(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
              detector_weights: str | Path | None = None, results: Path | None = None, force: bool = False,
-             progress: bool = False, train_missing: bool = False, datasets=("roads", "KITTI"),
-             rains=("light", "heavy"), derainers=DEFAULT_DERAINERS, stats: dict | None = None,
+             progress: bool = False, train_missing: bool = False, datasets=STUDY_DATASETS,
+             rains=None, derainers=DEFAULT_DERAINERS, stats: dict | None = None,
              compute: bool = True) -> list[Path]:
     """Compute (or, with ``compute=False``, only read) the cells of the AP table and write
     ``ap.{md,csv,tex}`` and the figure ``ap_runtime.{png,csv}``; returns the written paths.
@@ -107,6 +111,12 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
             cache[key] = list(paired_bootstrap_ci(_ap40m, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed))
         return cache[key]
 
+    def real_interval(rainy_cell, cell, gts, rainy_dets, dets):
+        key = f"coco50|{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|{det_prof['n_boot']}|{prof.seed}"
+        if key not in cache:
+            cache[key] = list(paired_bootstrap_ci(_coco50, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed))
+        return cache[key]
+
     def recovered_interval(clean_cell, rainy_cell, cell, gts, clean_dets, rainy_dets, dets):
         key = (f"recovered|{clean_cell.get('fingerprint')}|{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|"
                f"{det_prof['n_boot']}|{prof.seed}")
@@ -118,10 +128,14 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
     md, tex = [f"### Car AP on clean, rainy and derained frames (section 5.2), profile {prof.name}", ""], []
     csv_lines = ["dataset,rain,row,method,derainer_weights,ap40_moderate,ap40_moderate_lo,ap40_moderate_hi,"
                  "ap11_moderate,coco_ap,coco_ap50,coco_ap50_lo,coco_ap50_hi,gain_ap40_moderate,gain_lo,gain_hi,"
-                 "beyond_noise,recovered,recovered_lo,recovered_hi,n_images,n_objects"]
+                 "beyond_noise,recovered,recovered_lo,recovered_hi,n_images,n_objects,gain_metric"]
     for dataset, rain, rows, cells in sections:
+        title = _title(dataset, rain, rows[0].detector)
+        if dataset.lower() in REAL_RAIN_DATASETS:
+            real_md, real_tex, real_csv = _real_rain_section(title, dataset, rows, cells, real_interval, det_prof)
+            md, tex, csv_lines = md + real_md, tex + real_tex, csv_lines + real_csv
+            continue
         base_clean, base_rainy = cells[0], cells[1]
-        title = f"{dataset}, {rain} rain"
         if base_rainy.get("status") != "ok" or base_clean.get("status") != "ok":
             why = (base_rainy if base_rainy.get("status") != "ok" else base_clean).get("error", "")
             md += [f"**{title}**", "", f"Not computed: {why}", ""]
@@ -165,10 +179,10 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
                 dataset, rain, row.label, row.derainer, wtag, m["ap40_moderate"], *ci["ap40_moderate"],
                 m["ap11_moderate"], m["coco_ap"], m["coco_ap50"], *ci["coco_ap50"],
                 "" if gain is None else gain, "" if glo is None else glo, "" if ghi is None else ghi, beyond,
-                *("" if v is None else v for v in (rec, rlo, rhi)), cell["n_images"], cell["n_objects"]]))
+                *("" if v is None else v for v in (rec, rlo, rhi)), cell["n_images"], cell["n_objects"],
+                "ap40_moderate"]))
         dw = base_rainy["detector_weights"]
-        trained = ("trained on COCO by its authors, never on KITTI" if base_rainy["detector"] in COCO_DETECTORS
-                   else "trained on the embedded road scenes' train split only")
+        trained = _trained_on(base_rainy)
         note = (f"Note: detector {base_rainy['detector']} with weights {dw.get('path')} ({dw.get('source')}, "
                 f"sha256 {str(dw.get('sha256'))[:12]}), {trained}; "
                 f"data {dataset}: {base_rainy['n_images']} frames, {base_rainy['n_objects']} Car labels "
@@ -178,14 +192,9 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
                 + ("; ".join(notes) + "." if notes else "No derained row to compare."))
         if left_out:
             note += " Not shown: " + "; ".join(left_out) + "."
-        md += [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(v) + " |" for v in body]
-        md += ["", note, ""]
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
-        tex += [f"% {title}", r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\hline",
-                " & ".join(esc(h) for h in header) + r" \\", r"\hline"]
-        tex += [" & ".join(esc(x) for x in v) + r" \\" for v in body]
-        tex += [r"\hline", r"\end{tabular}", "% " + note.replace("\n", " "), ""]
+        md += _md_block(title, header, body, note)
+        tex += _tex_block(title, header, body, note)
+    md += _study_time(sections)
     if gains_cache is not None and len(cache) != n_cached:
         atomic_write_text(Path(gains_cache), json.dumps(cache, indent=1, sort_keys=True) + "\n")
     paths = []
@@ -197,6 +206,125 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
 
 
 
+def _study_time(sections) -> list[str]:
+    """Markdown: the deraining time of each derainer's frames as its cells recorded it (the cell that
+    derained them; later detectors read them back from the cache), per megapixel, and the study's
+    total of deraining and detection seconds over the cells shown."""
+    lines, seen, total = [], set(), 0.0
+    for dataset, _, rows, cells in sections:
+        for row, cell in zip(rows, cells):
+            if cell.get("status") != "ok":
+                continue
+            total += sum(cell["seconds"].values())
+            inf = cell.get("inference") or {}
+            key = (dataset, row.rain, row.derainer, cell["derainer_weights"].get("tag"))
+            if row.derainer == "none" or key in seen or cell.get("derained_from_cache") or not inf.get("megapixels"):
+                continue
+            seen.add(key)
+            s = cell["seconds"]["derain"]
+            lines.append(f"| {dataset} | {row.rain} | {_row_name(row)} | {inf['path']} | {cell['n_images']} | "
+                         f"{s:.0f} | {s / cell['n_images']:.2f} | {s / inf['megapixels']:.2f} |")
+    if not lines:
+        return []
+    return ["**Deraining time of the study's frames** (cells that derained from an empty frame cache and recorded "
+            "their inference path; the worker seconds of this CPU)", "",
+            "| Dataset | Rain | Derainer | Path | Frames | Derain s | s / frame | s / megapixel |",
+            "|---|---|---|---|---|---|---|---|", *lines, "",
+            f"All cells shown: {total / 60:.0f} minutes of deraining and detection (worker seconds).", ""]
+
+
+def _md_block(title: str, header: list[str], body: list[list[str]], note: str) -> list[str]:
+    return [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(v) + " |" for v in body), "", note, ""]
+
+
+def _tex_block(title: str, header: list[str], body: list[list[str]], note: str) -> list[str]:
+    esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
+    return [f"% {title}", r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\hline",
+            " & ".join(esc(h) for h in header) + r" \\", r"\hline",
+            *(" & ".join(esc(x) for x in v) + r" \\" for v in body),
+            r"\hline", r"\end{tabular}", "% " + note.replace("\n", " "), ""]
+
+
+def _trained_on(cell: dict) -> str:
+    """What the cell's detector was trained on, for the notes."""
+    training = cell.get("detector_training") or {}
+    if cell["detector"] in COCO_DETECTORS:
+        return "trained on COCO by its authors, never on KITTI"
+    if training.get("source"):
+        return f"trained here on {training.get('n')} frames of {training['source']} (never a scored frame)"
+    return "trained on the embedded road scenes' train split only"
+
+
+def _title(dataset: str, rain: str, detector: str) -> str:
+    if dataset.lower() in REAL_RAIN_DATASETS:
+        return f"{dataset}, real rain (photographs as taken), detector {detector}"
+    if dataset == "KITTI" and rain in ("light", "heavy"):
+        return f"{dataset}, {rain} rain (first preset, superseded by the fitted {rain}-real), detector {detector}"
+    return f"{dataset}, {rain} rain, detector {detector}"
+
+
+def _real_rain_section(title: str, dataset: str, rows, cells, interval, det_prof) -> tuple[list, list, list]:
+    """(md, tex, csv) lines of a real-rain section (DAWN): the rainy photographs, then each derainer
+    with its car AP50 and the paired bootstrap interval of its gain over the rainy photographs.
+    There are no clean counterparts: no clean row, no share of a loss recovered."""
+    base = cells[0]
+    if base.get("status") != "ok":
+        return [f"**{title}**", "", f"Not computed: {base.get('error', '')}", ""], [], []
+    gts, rainy_dets = cell_detections(base)
+    header = ["Photographs", "Derainer weights", "Car COCO AP", "Car AP50 [95% CI]",
+              "Gain AP50 vs rainy [paired 95% CI]", "Derain s / photograph"]
+    body, csv, left_out, missing = [], [], [], []
+    verdict = {"raised": [], "lowered": [], "within": []}
+    for row, cell in zip(rows, cells):
+        if cell.get("status") == "missing":
+            missing.append(_row_name(row))
+            continue
+        if cell.get("status") != "ok":
+            left_out.append(f"{_row_name(row)} ({cell.get('status')}: {cell.get('error', '')})")
+            continue
+        m, ci = cell["metrics"], cell["ci"]
+        gain = glo = ghi = None
+        if row.derainer != "none":
+            gain = m["coco_ap50"] - base["metrics"]["coco_ap50"]
+            glo, ghi = interval(base, cell, gts, rainy_dets, cell_detections(cell)[1])
+            side = "raised" if glo > 0 else "lowered" if ghi < 0 else "within"
+            verdict[side].append(f"{_row_name(row)} {gain:+.3f} [{glo:+.3f}, {ghi:+.3f}]")
+        wtag = (cell.get("derainer_weights") or {}).get("tag", "none") if row.derainer != "none" else "-"
+        per = cell["seconds"]["derain"] / max(1, cell["n_images"])
+        body.append([row.label if row.derainer == "none" else f"rainy + {_row_name(row)}", wtag, _f(m["coco_ap"]),
+                     f"{_f(m['coco_ap50'])} {_ci(ci['coco_ap50'])}",
+                     "-" if gain is None else f"{gain:+.3f} [{glo:+.3f}, {ghi:+.3f}]",
+                     "-" if row.derainer == "none" or cell.get("derained_from_cache") else f"{per:.2f}"])
+        csv.append(",".join(str(x) for x in [
+            dataset, "none", row.label, row.derainer, wtag, "", "", "", "", m["coco_ap"], m["coco_ap50"],
+            *ci["coco_ap50"], *("" if v is None else v for v in (gain, glo, ghi)),
+            "" if gain is None else ("yes" if glo > 0 or ghi < 0 else "no"), "", "", "", cell["n_images"],
+            cell["n_objects"], "coco_ap50"]))
+    dw = base["detector_weights"]
+    said = []
+    for side, words in (("raised", "raised car AP50 beyond the bootstrap noise"),
+                        ("lowered", "lowered car AP50 beyond the bootstrap noise"),
+                        ("within", "changed it within the noise")):
+        if verdict[side]:
+            said.append(f"{words}: " + "; ".join(verdict[side]))
+    note = (f"Note: detector {base['detector']} with weights {dw.get('path')} ({dw.get('source')}, sha256 "
+            f"{str(dw.get('sha256'))[:12]}), {_trained_on(base)}; data {dataset}: {base['n_images']} real rainy photographs, "
+            f"{base['n_objects']} Car labels ({base['dataset_info'].get('source')}), scored as taken (no rain added). "
+            "Metric: car COCO AP and AP50 (pycocotools); the labels have no KITTI truncation / occlusion levels, "
+            "so KITTI's Easy / Moderate / Hard do not apply; there are no clean counterparts, so no clean row and no "
+            f"share recovered. Intervals: percentile bootstrap over photographs, {det_prof['n_boot']} replicates; "
+            "gains: paired (the same resampled photographs for both rows). "
+            + ("Deraining " + "; ".join(said) + "." if said else "No derained row yet.")
+            + " Left out by design: " + "; ".join(LEFT_OUT.values()) + ".")
+    if missing:
+        note += (" Not computed yet (`python -m benchmark.run table ap --data-root DIR` computes them): "
+                 + ", ".join(missing) + ".")
+    if left_out:
+        note += " Not shown: " + "; ".join(left_out) + "."
+    return _md_block(title, header, body, note), _tex_block(title, header, body, note), csv
+
+
 def ap_runtime_frame(sections):
     """One row per ok cell: dataset, rain, row label, AP40-moderate with its interval and the
     derainer's seconds per frame on this machine (0 for the clean and rainy rows)."""
@@ -205,14 +333,14 @@ def ap_runtime_frame(sections):
     rows = []
     for dataset, rain, table_rows, cells in sections:
         for row, cell in zip(table_rows, cells):
-            if cell.get("status") != "ok":
+            if cell.get("status") != "ok" or cell["ci"].get("ap40_moderate") is None:  # real rain: no KITTI AP
                 continue
             lo, hi = cell["ci"]["ap40_moderate"]
-            rows.append({"dataset": dataset, "rain": rain, "row": row.label,
+            rows.append({"dataset": dataset, "rain": rain, "detector": row.detector, "row": row.label,
                          "method": row.derainer if row.derainer == "none" else _row_name(row),
                          "ap40_moderate": cell["metrics"]["ap40_moderate"], "lo": lo, "hi": hi,
                          "derain_s_per_frame": cell["seconds"]["derain"] / max(1, cell["n_images"])})
-    return pd.DataFrame(rows, columns=["dataset", "rain", "row", "method", "ap40_moderate", "lo", "hi",
+    return pd.DataFrame(rows, columns=["dataset", "rain", "detector", "row", "method", "ap40_moderate", "lo", "hi",
                                        "derain_s_per_frame"])
 
 
@@ -232,11 +360,15 @@ def _draw_ap_runtime(sections, profile: str, out_dir: Path) -> Path:
     import seaborn as sns
 
     df = ap_runtime_frame(sections)
-    panels = list(dict.fromkeys(zip(df["dataset"], df["rain"]))) or [("no cells", "")]
+    panels = list(dict.fromkeys(zip(df["dataset"], df["rain"], df["detector"]))) or [("no cells", "", "")]
     sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (dataset, rain) in zip(axes[0], panels):
-        sub = df[(df["dataset"] == dataset) & (df["rain"] == rain)]
+    cols = min(4, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.6 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (dataset, rain, detector) in zip(axes.flat, panels):
+        sub = df[(df["dataset"] == dataset) & (df["rain"] == rain) & (df["detector"] == detector)]
         for _, r in sub.iterrows():
             if r["method"] == "none":
                 style = "-" if r["row"].startswith("clean") else "--"
@@ -251,7 +383,7 @@ def _draw_ap_runtime(sections, profile: str, out_dir: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("derainer seconds per frame (this CPU)")
         ax.set_ylabel("car AP40, moderate [95% CI]")
-        ax.set_title(f"{dataset}, {rain} rain", fontsize=8)
+        ax.set_title(f"{dataset}, {rain} rain, {detector}", fontsize=8)
     fig.suptitle(f"Detection AP against derainer run time (profile {profile})", fontsize=8)
     fig.tight_layout()
     out_dir = Path(out_dir)

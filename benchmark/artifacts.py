@@ -25,7 +25,7 @@ from benchmark.figures import FIGURES, absent_data
 from benchmark.report import write_report
 from benchmark.tables import TABLES, write_table
 from benchmark.visual import VISUALS, draw_visual
-from core.errors import WeightsUnavailable
+from core.errors import DatasetMissing, WeightsUnavailable
 from core.files import check_writable
 from core.layout import cells_dir, output_dir, report_path
 from core.profiles import Profile
@@ -138,8 +138,8 @@ def _picture(spec) -> Artifact:
         try:
             with training_allowed(job.train_missing):
                 rec = draw_visual(spec.id, job.profile, job.data_root, job.figures_dir, force=job.force)
-        except WeightsUnavailable as exc:  # like a cell without weights: skipped, not failed
-            print(f"skipped figure {spec.id}: {exc}")
+        except (WeightsUnavailable, DatasetMissing) as exc:  # like a cell without its input: skipped, not
+            print(f"skipped figure {spec.id}: {exc}")  # failed, and a committed figure is kept as it is
             return []
         except Exception as exc:  # noqa: BLE001 - one figure's failure costs no other work
             print(f"error: figure {spec.id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -78,6 +78,25 @@ DEFAULT_DERAINERS: tuple[tuple[str, str | None], ...] = (
     ("ddn", "official"),
 )
 
+#: Rows of a real-rain set's sections (DAWN) after "rainy": every derainer of the study, each with
+#: the weights named, since no added rain picks them: the suite's models of both fitted rains and the
+#: authors' checkpoints.  GMM is left out (:data:`LEFT_OUT`).
+REAL_RAIN_DERAINERS: tuple[tuple[str, str | None], ...] = (
+    ("resguidenet", "light-real"), ("resguidenet", "heavy-real"),
+    ("resguidenet_3", "light-real"), ("resguidenet_3", "heavy-real"),
+    ("ddn", "light-real"), ("ddn", "heavy-real"), ("jorder", "light-real"), ("jorder", "heavy-real"),
+    ("did_mdn", "density"),
+    ("prenet", "official"), ("jorder", "official"), ("ddn", "official"),
+)
+#: Derainers the study does not run on the detection sets, and why (the tables say it).
+LEFT_OUT = {"gmm": "GMM (layer priors) solves an optimisation per image: 19 s per 500x500 image on this CPU "
+                   "(Table 4), so about 4 hours for DAWN's 200 megapixel photographs"}
+#: The rains of each dataset's sections: the rain fitted to real pairs first, then the first presets
+#: (kept as the study's superseded section), on KITTI; the real rain of the photographs on DAWN.
+STUDY_RAINS = {"roads": ("light", "heavy"), "KITTI": ("light-real", "heavy-real", "light", "heavy"),
+               "DAWN": ("none",)}
+STUDY_DATASETS = tuple(STUDY_RAINS)
+
 
 # --------------------------------------------------------------------------
 # data
@@ -308,10 +327,14 @@ class _Row:
     derainer: str
     weights: str | None
     rain: str
+    detector: str = ""
 
 
-def _rows(rain: str, derainers) -> list[_Row]:
-    rows = [_Row("clean (no rain)", "none", None, "none"), _Row("rainy", "none", None, rain)]
+def _rows(rain: str, derainers, real_rain: bool = False) -> list[_Row]:
+    """clean, rainy, then one row per derainer; a real-rain set has no clean row."""
+    rows = [_Row("rainy", "none", None, rain)]
+    if not real_rain:
+        rows.insert(0, _Row("clean (no rain)", "none", None, "none"))
     for method, weights in derainers:
         weights = weights.format(rain=rain) if weights else weights
         label = method if weights in (None, "official") else f"{method} ({Path(weights).stem})"
@@ -329,9 +352,18 @@ def _weights_path(weights: str | None) -> str | None:
     return weights
 
 
-def ap_cell_plan(datasets=("roads", "KITTI"), rains=("light", "heavy"), derainers=DEFAULT_DERAINERS):
-    """[(dataset, rain, [rows])]: every cell the AP table needs."""
-    return [(d, r, _rows(r, derainers)) for d in datasets for r in rains]
+def ap_cell_plan(datasets=STUDY_DATASETS, rains=None, derainers=DEFAULT_DERAINERS, detector: str | None = None):
+    """[(dataset, rain, [rows])]: every cell the AP table needs, one section per (dataset, rain,
+    detector); ``rains`` default to :data:`STUDY_RAINS`, the detectors to :data:`STUDY_DETECTORS`.
+    A real-rain set (DAWN) takes rain ``none`` and :data:`REAL_RAIN_DERAINERS`."""
+    plan = []
+    for d in datasets:
+        real = d.lower() in REAL_RAIN_DATASETS
+        for r in (("none",) if real else rains or STUDY_RAINS.get(d, ("light", "heavy"))):
+            for det in ([detector] if detector else STUDY_DETECTORS.get(d, (DEFAULT_DETECTOR,))):
+                rows = _rows(r, REAL_RAIN_DERAINERS if real else derainers, real)
+                plan.append((d, r, [_Row(x.label, x.derainer, x.weights, x.rain, det) for x in rows]))
+    return plan
 
 
 def _row_cell_id(detector: str, row: _Row, dataset: str) -> str:
@@ -345,9 +377,11 @@ def _row_cell_id(detector: str, row: _Row, dataset: str) -> str:
     return cell_id(detector, "none" if row.derainer in NO_DERAINER else row.derainer, dataset, row.rain, weights)
 
 
-#: The detector of each dataset's rows in the AP table: the road-scene Faster R-CNN on the road
-#: scenes, the COCO-trained YOLOv5n (which knows real cars) on the real KITTI frames.
-STUDY_DETECTORS = {"roads": DEFAULT_DETECTOR, "KITTI": "yolov5n"}
+#: The detectors of each dataset's sections in the AP table: the road-scene Faster R-CNN on the road
+#: scenes; on the real KITTI frames and DAWN's photographs the COCO-trained YOLOv5n (which knows real
+#: cars) and the paper's detector, a Faster R-CNN trained on clean KITTI frames.
+STUDY_DETECTORS = {"roads": (DEFAULT_DETECTOR,), "KITTI": ("yolov5n", "fasterrcnn_kitti"),
+                   "DAWN": ("yolov5n", "fasterrcnn_kitti")}
 #: A planned cell with nothing stored: never computed, or its inputs were absent on every run.
 MISSING = ("no stored cell: not computed yet, or an input (data, derainer weights, detector) was absent on every "
            "run; `python -m benchmark.run table ap` computes it or says what is absent")
@@ -355,8 +389,8 @@ MISSING = ("no stored cell: not computed yet, or an input (data, derainer weight
 
 def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: str | None = None,
              detector_weights: str | Path | None = None, results: Path | None = None, force: bool = False,
-             progress: bool = False, train_missing: bool = False, datasets=("roads", "KITTI"),
-             rains=("light", "heavy"), derainers=DEFAULT_DERAINERS, stats: dict | None = None,
+             progress: bool = False, train_missing: bool = False, datasets=STUDY_DATASETS,
+             rains=None, derainers=DEFAULT_DERAINERS, stats: dict | None = None,
              compute: bool = True, executor=None, progress_bar=None) -> list[tuple]:
     """[(dataset, rain, rows, cells)]: the AP table's cells, computed (or reused) with
     :func:`detect_cell`, or with ``compute=False`` read from the store as they are (a missing
@@ -367,8 +401,8 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
     store = _det_store(results, prof.name)
     sections = []
     with training_allowed(train_missing):
-        for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
-            det_name = detector or STUDY_DETECTORS.get(dataset, DEFAULT_DETECTOR)
+        for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers, detector):
+            det_name = rows[0].detector
             if compute:
                 def one(r, det_name=det_name, dataset=dataset):
                     return detect_cell(r.derainer, dataset, r.rain, det_name, profile=prof.name, data_root=data_root,
@@ -384,14 +418,14 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
     return sections
 
 
-def ap_dry_run(profile: str, results: Path, detector: str | None = None, datasets=("roads", "KITTI"),
-               rains=("light", "heavy"), derainers=DEFAULT_DERAINERS) -> list[str]:
+def ap_dry_run(profile: str, results: Path, detector: str | None = None, datasets=STUDY_DATASETS,
+               rains=None, derainers=DEFAULT_DERAINERS) -> list[str]:
     """Lines ``  <cell id>: stored (<status>) | missing`` for the AP table's cells (computes nothing)."""
     store = _det_store(results, profile)
     lines = []
-    for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers):
+    for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers, detector):
         for r in rows:
-            cid = _row_cell_id(detector or STUDY_DETECTORS.get(dataset, DEFAULT_DETECTOR), r, dataset)
+            cid = _row_cell_id(r.detector, r, dataset)
             old = store.load(_Key(cid))
             lines.append(f"  {cid}: {'stored (' + str(old.get('status')) + ')' if old else 'missing'}")
     return lines

@@ -186,5 +186,6 @@ class Derainer:
         return getattr(self.eager_net, "last_exit", None)
 
     def describe(self) -> dict:
-        """What a cell records of the path: ``{"path", "why", "channels_last"}``."""
-        return {"path": self.path, "why": self.why, "channels_last": self.channels_last}
+        """What a cell records of the path: ``{"path", "why", "channels_last", "megapixels"}``."""
+        return {"path": self.path, "why": self.why, "channels_last": self.channels_last,
+                "megapixels": round(self.megapixels, 3)}

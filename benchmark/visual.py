@@ -78,7 +78,14 @@ VISUALS: dict[str, VisualSpec] = {
                                "heavy rain"),
     "fig10": VisualSpec("fig10", "Fig. 10: three test images derained by every method of Table 2, light rain"),
     "fig12": VisualSpec("fig12", "Fig. 12: cars found in a frame under heavy rain, clean, rainy and derained"),
+    "fig11": VisualSpec("fig11", "Fig. 11: real rainy photographs (DAWN) derained; there is no ground truth"),
+    "fig12_dawn": VisualSpec("fig12_dawn", "Fig. 12 on real rain: cars found in a DAWN photograph, rainy and "
+                                           "derained"),
 }
+#: The derainers of the real-rain pictures: the suite's ResGuideNet for both fitted rains, the authors' DDN.
+REAL_RAIN_SHOWN = (("resguidenet", "light-real"), ("resguidenet", "heavy-real"), ("ddn", "official"))
+#: fig11 shows the first this many DAWN photographs (in the set's order: none is picked by hand).
+FIG11_PHOTOS = 3
 
 
 @dataclass
@@ -293,7 +300,7 @@ def _detection_example(profile, data_root):
     root, else the first road scene and the road-scene detector."""
     try:
         ds = detection_dataset("KITTI", data_root, profile.name)
-        det = get_detector(STUDY_DETECTORS["KITTI"], None, profile.name, data_root)
+        det = get_detector(STUDY_DETECTORS["KITTI"][0], None, profile.name, data_root)
     except (DatasetMissing, WeightsUnavailable):
         ds = detection_dataset("roads", None, profile.name)
         return ds, get_detector(None, None, profile.name), 0, "roads (test split)"
@@ -303,15 +310,65 @@ def _detection_example(profile, data_root):
 
 def _fig12(profile, data_root):
     ds, det, index, data_label = _detection_example(profile, data_root)
-    image_id, clean, gts = ds.ids[index], ds.image(index), ds.gts[index]
-    wet = rainy([clean], "heavy", profile.seed, ids=[image_id])[0]
-    frames = [("clean (no rain)", "none", "", clean), ("rainy", "identity", "", wet)]
+    clean = ds.image(index)
+    wet = rainy([clean], "heavy", profile.seed, ids=[ds.ids[index]])[0]
+    derainers = [(m, registry.weights_for_rain(m, "heavy"), f"rainy + {m.replace('resguidenet', 'ResGuideNet')}")
+                 for m in ("resguidenet_3", "resguidenet")]
+    return _detection_panels(ds, det, index, data_label, [("clean (no rain)", "none", "", clean),
+                                                          ("rainy", "identity", "", wet)], derainers, profile, data_root)
+
+
+def _dawn(profile, data_root):
+    """DAWN's photographs, or :class:`core.errors.DatasetMissing` (the committed figure is kept)."""
+    return detection_dataset("DAWN", data_root, profile.name)
+
+
+def _real_label(method: str, weights: str) -> str:
+    name = registry.get(method).paper_name
+    return f"{name} (authors')" if weights == "official" else f"{name} ({weights})"
+
+
+def _fig11(profile, data_root):
+    ds = _dawn(profile, data_root)
+    prov = {"data": {"DAWN (real rain)": ds.info.get("fingerprint")}, "weights": {}}
+    nets = []
+    for method, weights in REAL_RAIN_SHOWN:
+        net, info = _load(method, weights, profile, data_root)
+        prov["weights"][_real_label(method, weights)] = info
+        nets.append((method, weights, net, info))
+    panels = []
+    for i in range(min(FIG11_PHOTOS, len(ds))):
+        image_id, photo = ds.ids[i], ds.image(i)
+        row = f"DAWN {image_id}"
+        panels.append(Panel(row, "rainy photograph", photo, method="identity", name=image_id))
+        for method, weights, net, info in nets:
+            if net is None:
+                panels.append(_missing(row, _real_label(method, weights), method, weights, info))
+                continue
+            panels.append(Panel(row, _real_label(method, weights), to_uint8(Derainer(net, method)(photo)),
+                                method=method, weights=_weights_line(info), name=image_id))
+    return panels, prov
+
+
+def _fig12_dawn(profile, data_root):
+    ds = _dawn(profile, data_root)
+    det = get_detector(STUDY_DETECTORS["DAWN"][0], None, profile.name, data_root)
+    index = next((i for i, g in enumerate(ds.gts) if sum(o.type == "Car" for o in g) >= MIN_CARS_SHOWN), 0)
+    derainers = [(m, w, f"rainy + {_real_label(m, w)}") for m, w in REAL_RAIN_SHOWN]
+    return _detection_panels(ds, det, index, f"DAWN (photograph {ds.ids[index]})",
+                             [("rainy photograph", "identity", "", ds.image(index))], derainers, profile, data_root)
+
+
+def _detection_panels(ds, det, index, data_label, frames, derainers, profile, data_root):
+    """Panels of a detection picture: ``frames`` (label, method, weights, image) as given, then the
+    last of them derained by each of ``derainers`` (method, weights, label), with the frame's cars and
+    the detector's boxes."""
+    image_id, gts, wet = ds.ids[index], ds.gts[index], frames[-1][3]
+    frames = list(frames)
     prov = {"data": {data_label: ds.info.get("fingerprint")},
             "weights": {"detector": det.meta["identity"]}}
-    for method in ("resguidenet_3", "resguidenet"):
-        weights = registry.weights_for_rain(method, "heavy")
+    for method, weights, label in derainers:
         net, info = _load(method, weights, profile, data_root)
-        label = f"rainy + {method.replace('resguidenet', 'ResGuideNet')}"
         prov["weights"][label] = info
         frames.append((label, method, weights, to_uint8(Derainer(net, method)(wet)) if net is not None else info))
 
@@ -332,7 +389,8 @@ def _fig12(profile, data_root):
     return panels, prov
 
 
-BUILDERS = {"fig3": _fig3, "fig5": _fig5, "fig7": _fig7, "fig10": _fig10, "fig12": _fig12}
+BUILDERS = {"fig3": _fig3, "fig5": _fig5, "fig7": _fig7, "fig10": _fig10, "fig12": _fig12, "fig11": _fig11,
+            "fig12_dawn": _fig12_dawn}
 
 
 # ---------------------------------------------------------------- drawing
@@ -413,7 +471,7 @@ def _draw_detections(plt, spec, panels, caption, path) -> None:
 
 
 #: How each figure is laid out; the others are rows of image panels (:func:`_draw_grid`).
-DRAWERS = {"fig7": _draw_maps, "fig12": _draw_detections}
+DRAWERS = {"fig7": _draw_maps, "fig12": _draw_detections, "fig12_dawn": _draw_detections}
 
 
 def _draw(spec: VisualSpec, panels: list[Panel], caption: str, path: Path) -> None:
@@ -459,7 +517,7 @@ def draw_visual(fig_id: str, profile, data_root, out_dir: Path, force: bool = Fa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     panels, prov = BUILDERS[fig_id](profile, data_root)
-    shown = {"fig12": "the whole frame", "fig7": f"central {CROP}×{CROP} crops of the maps"}.get(
+    shown = {"fig12": "the whole frame", "fig12_dawn": "the whole photograph", "fig7": f"central {CROP}×{CROP} crops of the maps"}.get(
         fig_id, f"central {CROP}×{CROP} crops, PSNR/SSIM (Y) of the whole image")
     weights = "; ".join(f"{k}: {_weights_line(v)}" for k, v in prov["weights"].items())
     caption = f"profile {profile.name}; data: {', '.join(prov['data'])}; {shown}; weights: {weights}"

@@ -200,3 +200,26 @@ def test_kitti_tracking_frames_are_the_readme_s(data_root):
     assert len(samples) == 93
     assert sum(o.type == "Car" for s in samples for o in s[1]) == 239
     assert sum(o.type == "Van" for s in samples for o in s[1]) == 153
+
+
+@pytest.mark.realdata
+def test_dawn_section_gives_each_derainer_s_gain_with_a_paired_interval(data_root, tmp_path, monkeypatch):
+    from benchmark import detection
+    from benchmark.ap_table import write_ap_table
+    from benchmark.detection import ap_cells
+
+    monkeypatch.setattr(detection, "REAL_RAIN_DERAINERS", (("resguidenet", "light-real"),))  # one, for time
+    sections = ap_cells("smoke", data_root, results=tmp_path, datasets=("DAWN",), detector="yolov5n",
+                        derainers=())
+    (dataset, rain, rows, cells), = sections
+    assert dataset == "DAWN" and rain == "none" and rows[0].label == "rainy"
+    assert not any(r.label.startswith("clean") for r in rows)  # no clean counterparts
+    assert cells[0]["status"] == "ok" and cells[0]["n_images"] == 8
+    by_row = dict(zip([(r.derainer, r.weights) for r in rows], cells))
+    light = by_row[("resguidenet", "light-real")]
+    assert light["status"] == "ok" and light["derainer_weights"]["tag"] == "light-real"
+    assert light["inference"]["path"] == "eager"  # 8 photographs: under the compilation threshold
+    md = write_ap_table(sections, "smoke", tmp_path)[0].read_text()
+    assert "DAWN, real rain" in md and "Gain AP50 vs rainy [paired 95% CI]" in md
+    assert "rainy + ResGuideNet (light-real)" in md and "GMM" in md  # the left-out derainer says why
+    assert "Deraining " in md and "noise" in md

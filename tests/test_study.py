@@ -110,8 +110,9 @@ def test_ap_table_rows(tmp_path, tiny_ckpt, monkeypatch, one_thread):
     assert all(p.parent == tmp_path / "tables" / "smoke" for p in paths if p.suffix != ".png")
     assert (tmp_path / "figures" / "smoke" / "ap_runtime.png").is_file()
     fig = (tmp_path / "figures" / "smoke" / "ap_runtime.csv").read_text().splitlines()
-    assert len(fig) == 4 and fig[0].startswith("dataset,rain,row,method,ap40_moderate")
+    assert len(fig) == 4 and fig[0].startswith("dataset,rain,detector,row,method,ap40_moderate")
     md = (tmp_path / "tables" / "smoke" / "ap.md").read_text()
+    assert "Deraining time" not in md  # "identity" derains nothing: no time to show
     rows = [line for line in md.splitlines() if line.startswith("| ") and "Frames" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| clean (no rain)", "| rainy", "| rainy + Rainy images"]
     assert "Note: detector fasterrcnn_tiny_fpn" in md and "tiny.pt" in md
@@ -146,8 +147,8 @@ def test_table_ap_cli_without_detector(tmp_path, no_weights, capsys):
     assert "skipped det__fasterrcnn_tiny_fpn__none__roads__light: no trained" in out and "train-detector" in out
     assert "RESGUIDE_DATA" in out  # the KITTI cells: no data root
     md = (tmp_path / "tables" / "smoke" / "ap.md").read_text()
-    assert "**roads, light rain**" in md and "Not computed" in md and "train-detector" in md
-    assert "**KITTI, heavy rain**" in md and "Not computed: no stored cell" in md  # no data: nothing written
+    assert "**roads, light rain, detector fasterrcnn_tiny_fpn**" in md and "Not computed" in md and "train-detector" in md
+    assert "**KITTI, heavy-real rain, detector fasterrcnn_kitti**" in md and "Not computed: no stored cell" in md  # no data: nothing written
     assert not [p for p in (tmp_path / "cells" / "smoke" / "detection").glob("*KITTI*")]
 
 
