@@ -18,6 +18,9 @@
             [--data-root DIR] [--profile P]          car AP of a detector after deraining (JSON line)
     train-detector [--detector NAME] [--profile P] [--max-seconds S]   (exit 3: stopped at the limit)
     table ap                                       the section 5.2 car AP table (clean / rainy / derained)
+    export-inputs DATASET DIR [--rain R] [--profile P] [--data-root DIR]   the exact inputs as PNG + manifest.json
+    score-outputs DIR DATASET [--name NAME] [--limit N]     score a folder of derained images (JSON line)
+    detect-outputs DIR DATASET [--rain R] [--detector NAME] [--name NAME]   detection metrics of a folder (JSON)
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from benchmark.detection import REAL_RAIN_DATASETS, contract, detect_cell
 from benchmark.evaluate import evaluate
 from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLock, make_executor, parallel
 from benchmark.inference import EAGER_ENV
+from benchmark.outputs import detect_outputs, export_inputs, score_outputs
 from benchmark.runtime import measure_against_naive, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
@@ -344,6 +348,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop after this much wall time with a checkpoint; the same command resumes (exit 3)")
     common(p)
+    p = sub.add_parser("export-inputs", help="write a dataset's exact inputs as PNG files and manifest.json")
+    p.add_argument("dataset", help="a paired set (embedded-light, Rain100L, a folder of pairs) or a detection set "
+                   "(roads, KITTI, DAWN)")
+    p.add_argument("dir", type=Path, metavar="DIR", help="where the PNG files go (created; extra files refused)")
+    p.add_argument("--rain", default=None, choices=list(RAINS),
+                   help="detection sets: the rain over the frames (default light; none for DAWN)")
+    common(p)
+    p = sub.add_parser("score-outputs", help="score a folder of derained images against a paired set (JSON line)")
+    p.add_argument("dir", type=Path, metavar="DIR", help="one output per input: <image name>.png, the input's size")
+    p.add_argument("dataset", help="the paired set the outputs were made from")
+    p.add_argument("--name", default=None, help="the derainer's name in the results (default: DIR's name)")
+    p.add_argument("--limit", type=_at_least(1), default=None, help="first N images only (their outputs)")
+    common(p)
+    p = sub.add_parser("detect-outputs", help="detection metrics of a folder of derained frames (JSON line)")
+    p.add_argument("dir", type=Path, metavar="DIR", help="one output per frame: <frame id>.png, the frame's size")
+    p.add_argument("dataset", help="roads, KITTI, DAWN, a KITTI folder or a COCO .json")
+    p.add_argument("--rain", default=None, choices=list(RAINS),
+                   help="the rain the frames were exported with (default light; none for DAWN)")
+    p.add_argument("--detector", default=None, help="detector name (default fasterrcnn_tiny_fpn)")
+    p.add_argument("--detector-weights", default=None, help="local detector checkpoint (else the trained one)")
+    p.add_argument("--name", default=None, help="the derainer's name in the results (default: DIR's name)")
+    common(p)
     return ap
 
 
@@ -439,6 +465,23 @@ def main(argv=None) -> int:
                 return cmd_detect(args)
         if args.command == "train-detector":
             return cmd_train_detector(args)
+        if args.command == "export-inputs":
+            manifest = export_inputs(args.dataset, args.dir, args.rain, data_root_from(args.data_root), args.profile,
+                                     args.progress)
+            print(json.dumps({**{k: v for k, v in manifest.items() if k != "files"},
+                              "folder": str(args.dir), "manifest": str(args.dir / "manifest.json")}))
+            return 0
+        if args.command == "score-outputs":
+            print(json.dumps(score_outputs(args.dir, args.dataset, args.name, data_root_from(args.data_root),
+                                           args.profile, args.limit, args.results, args.progress)))
+            return 0
+        if args.command == "detect-outputs":
+            with ResultsLock(args.results):  # it may compute the rainy frames' cell
+                print(json.dumps(detect_outputs(args.dir, args.dataset, args.rain, args.detector, name=args.name,
+                                                data_root=data_root_from(args.data_root), profile=args.profile,
+                                                detector_weights=args.detector_weights, results=args.results,
+                                                progress=args.progress)))
+            return 0
     except (ValueError, LookupError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from core.profiles import get_profile
-from benchmark.visual import VISUALS, crop, draw_visual, rain_mask, streak_ratio
+from benchmark.visual import VISUALS, draw_visual, rain_mask, streak_ratio
+from benchmark.visual_draw import crop
 from core.errors import WeightsUnavailable
 
 SMOKE = get_profile("smoke")
