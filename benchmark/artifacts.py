@@ -28,12 +28,14 @@ from benchmark.visual import VISUALS, draw_visual
 from core.errors import DatasetMissing, WeightsUnavailable
 from core.files import check_writable
 from core.layout import cells_dir, output_dir, report_path
-from core.profiles import Profile
+from core.profiles import PROFILES, Profile
 from core.store import CellKey, Context, Store, new_stats
 from models import provider, registry
 from models.provider import training_allowed
 from benchmark.rain_look import draw_rain_look, format_table, rain_stats_long
 from core.files import atomic_write_text
+from datasets.catalog import EMBEDDED
+from datasets.names import REGISTERED
 from datasets.rainbank import pair_folder
 from benchmark.domain_gap import MODELS as DOMAIN_GAP_MODELS, domain_gap_frame, write_domain_gap
 
@@ -296,3 +298,25 @@ def render(arts: list[Artifact], job: Job) -> None:
     for art in arts:
         for path in art.render(job):
             print(f"wrote {path}")
+
+
+def list_everything() -> int:
+    """``list``: the tables, figures, methods, datasets and profiles."""
+    for title, kinds in (("tables", ("table",)), ("figures", ("figure", "picture"))):
+        print(f"{title}:")
+        for art in ARTIFACTS.values():
+            if art.kind in kinds:
+                print(f"  {art.id}: {art.title}" + (" (pictures)" if art.kind == "picture" else ""))
+    print("methods:")
+    for m in registry.names():
+        spec = registry.get(m)
+        print(f"  {m}: {spec.paper_name} ({spec.task}) {spec.description}")
+    print("datasets:")
+    for d in EMBEDDED:
+        print(f"  {d}: embedded default, synthetic rain over images shipped in installed wheels")
+    for d in sorted(set(REGISTERED.values())):
+        print(f"  {d}: found under the data root (--data-root or RESGUIDE_DATA)")
+    print("profiles:")
+    for p in PROFILES.values():
+        print(f"  {p.name}: {p.description}")
+    return 0

@@ -21,6 +21,7 @@ its fingerprint (the outputs' hash, the dataset's fingerprint, the protocol) is 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -36,6 +37,7 @@ from benchmark.detection import (CI_METRICS, REAL_RAIN_DATASETS, _dets_from_rows
                                  cell_detections, detect_cell)
 from benchmark.evaluate import summarize
 from benchmark.inference import to_tensor
+from benchmark.tables import TABLES, Column, write_table
 from core.errors import DatasetError
 from core.files import atomic_write_text
 from core.layout import RESULTS
@@ -408,3 +410,32 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
             "rainy": {gain_metric: cell["rainy_metrics"][gain_metric]}, "n_images": cell["n_images"],
             "n_objects": cell["n_objects"], "outputs_sha256": sha, "seconds": round(cell["seconds"], 3),
             "cell": str(store.path(key)), "reused": reused}
+
+
+# --------------------------------------------------------------------------
+# a table with outputs beside the suite's columns
+
+
+def table_with_outputs(table_id: str, names: list[str], cells: dict, registered: set, results=None,
+                       profile: str = "quick") -> list[Path]:
+    """``table ID --with NAME``: the table ``table_id`` with one more column per ``names``, the
+    ``score-outputs`` cells of that name on the table's rows, written as ``ID-with-NAME.{md,csv,tex}``
+    under ``results/cache/tables/<profile>/``: the committed table never shows a user's outputs."""
+    if table_id not in TABLES:
+        raise DatasetError(f"--with adds columns to the PSNR/SSIM tables ({', '.join(TABLES)}), not to "
+                           f"{table_id}; detect-outputs prints its own AP and gain")
+    spec, store = TABLES[table_id], _store(results, profile)
+    merged, extra = dict(cells), []
+    for name in names:
+        col = Column(f"outputs:{name}", f"{name} (outputs)")
+        found = {row: store.load(_Key(_cell_id("score", name, row))) for row in spec.rows}
+        found = {row: cell for row, cell in found.items() if cell and cell.get("status") == "ok"}
+        if not found:
+            raise DatasetError(f"no score-outputs result named {name!r} on a row of {spec.id} "
+                               f"({', '.join(spec.rows)}): run `python -m benchmark.run score-outputs DIR DATASET "
+                               f"--name {name}` first")
+        merged.update({spec.key(row, col).id: {**cell, "method": col.method} for row, cell in found.items()})
+        extra.append(col)
+    wider = dataclasses.replace(spec, id=f"{spec.id}-with-{'-'.join(names)}", columns=spec.columns + tuple(extra))
+    out = Path(RESULTS if results is None else results) / "cache" / "tables" / profile
+    return write_table(wider, merged, set(registered) | {c.method for c in extra}, out)

@@ -38,14 +38,13 @@ from benchmark.detection import REAL_RAIN_DATASETS, contract, detect_cell
 from benchmark.evaluate import evaluate
 from benchmark.executor import DEFAULT_EXECUTOR, EXECUTORS, Progress, ResultsLock, make_executor, parallel
 from benchmark.inference import EAGER_ENV
-from benchmark.outputs import detect_outputs, export_inputs, score_outputs
+from benchmark.outputs import detect_outputs, export_inputs, score_outputs, table_with_outputs
 from benchmark.runtime import measure_against_naive, prepare_cpu
 from core.layout import RESULTS, report_path
 from core.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from core.weights import RAIN_TAGS, denoise_tag, seeded_tag
 from datasets.detection import RAINS
-from datasets.catalog import EMBEDDED, data_root_from, open_dataset
-from datasets.names import REGISTERED
+from datasets.catalog import data_root_from, open_dataset
 from datasets.noisy import refuse_seen_test_set
 from detectors.zoo import train_detector_cmd
 from models import provider, registry
@@ -71,27 +70,6 @@ def cmd_render(job: Job, check: bool) -> int:
               f"`python -m benchmark.run render --profile {job.profile.name}` and commit them", file=sys.stderr)
         return 1
     print(f"{len(watched())} files checked, {len(changed)} changed")
-    return 0
-
-
-def cmd_list() -> int:
-    for title, kinds in (("tables", ("table",)), ("figures", ("figure", "picture"))):
-        print(f"{title}:")
-        for art in ARTIFACTS.values():
-            if art.kind in kinds:
-                print(f"  {art.id}: {art.title}" + (" (pictures)" if art.kind == "picture" else ""))
-    print("methods:")
-    for m in registry.names():
-        spec = registry.get(m)
-        print(f"  {m}: {spec.paper_name} ({spec.task}) {spec.description}")
-    print("datasets:")
-    for d in EMBEDDED:
-        print(f"  {d}: embedded default, synthetic rain over images shipped in installed wheels")
-    for d in sorted(set(REGISTERED.values())):
-        print(f"  {d}: found under the data root (--data-root or RESGUIDE_DATA)")
-    print("profiles:")
-    for p in PROFILES.values():
-        print(f"  {p.name}: {p.description}")
     return 0
 
 
@@ -252,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch(p)
     p = sub.add_parser("table", help="compute one table")
     p.add_argument("table_id", metavar="ID", help=", ".join(artifacts.ids_of("table")))
+    p.add_argument("--with", dest="with_outputs", action="append", default=[], metavar="NAME",
+                   help="also write the table with a column of your score-outputs results named NAME "
+                        "(to results/cache/tables/; the committed table is left as it is)")
     common(p)
     batch(p)
     p = sub.add_parser("figure", help="compute one figure: results/figures/ID.png")
@@ -436,9 +417,14 @@ def main(argv=None) -> int:
             if args.dry_run:
                 return artifacts.dry_run([ARTIFACTS[i] for i in ids], job)
             with ResultsLock(args.results):
-                return artifacts.run(ids, job)
+                rc = artifacts.run(ids, job)
+                if args.command == "table" and args.with_outputs:
+                    for p in table_with_outputs(ids[0], args.with_outputs, job.store.all(), set(registry.names()),
+                                                args.results, job.profile.name):
+                        print(f"wrote {p}")
+                return rc
         if args.command == "list":
-            return cmd_list()
+            return artifacts.list_everything()
         if args.command == "score":
             return cmd_score(args.method, args.dataset, args.data_root, args.weights, args.limit, args.profile,
                              args.progress, args.dtype, args.channels_last, args.tile, args.halo, args.compile,

@@ -211,3 +211,19 @@ def test_dawn_exports_its_photographs_as_they_are(data_root, tmp_path, capsys):
     first = json.loads((tmp_path / "dawn" / "manifest.json").read_text())["files"][0]["image"]
     original = read_rgb(data_root / "DAWN" / "Rain" / f"{first}.jpg")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "dawn" / f"{first}.png")), original)
+
+
+def test_table_with_outputs_adds_a_column_beside_the_suites_and_leaves_the_table(exported, tmp_path, capsys,
+                                                                                 monkeypatch):
+    monkeypatch.delenv("RESGUIDE_DATA", raising=False)
+    results = tmp_path / "results"
+    line = _score(exported, "embedded-light", results, capsys, "--name", "mine")
+    assert main(["table", "table1", "--with", "mine", "--results", str(results), *SMOKE]) == 0
+    assert "table1-with-mine.md" in capsys.readouterr().out
+    wider = (results / "cache" / "tables" / "smoke" / "table1-with-mine.md").read_text()
+    assert "mine (outputs)" in wider and f"{line['psnr_y']:.2f}" in wider
+    assert "mine" not in (results / "tables" / "smoke" / "table1.md").read_text()  # the suite's table
+    assert main(["table", "table1", "--with", "nobody", "--results", str(results), *SMOKE]) == 2
+    assert "no score-outputs result named 'nobody'" in capsys.readouterr().err
+    assert main(["table", "ap", "--with", "mine", "--results", str(results), *SMOKE]) == 2
+    assert "--with adds columns to the PSNR/SSIM tables" in capsys.readouterr().err
