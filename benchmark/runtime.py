@@ -30,7 +30,7 @@ from contextlib import nullcontext
 
 import torch
 
-from benchmark.inference import choose_path, compile_for_inference
+from benchmark.inference import STATIC_SHAPES, choose_path, compile_for_inference
 from models.registry import count_parameters, load
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -166,8 +166,8 @@ def measure(method: str, size: int = 500, device: str = "cpu", dtype: str = "flo
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "float32" else nullcontext()
     gflops = _count_gflops(net, x, autocast)
-    if compile:
-        net = compile_for_inference(net)
+    if compile:  # as a cell compiles it (benchmark.inference.Derainer)
+        net = compile_for_inference(net, dynamic=method not in STATIC_SHAPES)
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -184,7 +184,7 @@ def measure(method: str, size: int = 500, device: str = "cpu", dtype: str = "flo
     return {
         "method": method, "size": size, "device": dev.type, "dtype": dtype, "batch": batch,
         "channels_last": channels_last, "compile": compile,
-        **({"compile_options": {"freezing": True, "dynamic": True}} if compile else {}),
+        **({"compile_options": {"freezing": True, "dynamic": method not in STATIC_SHAPES}} if compile else {}),
         "median_s": median, "min_s": min(times), "max_s": max(times), "repeats": repeats,
         "images_per_s": batch / median, "threads": torch.get_num_threads(),
         "params": params["trainable"], "gflops": round(gflops, 3), "peak_mem_mb": round(peak_mb, 1),
