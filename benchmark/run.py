@@ -399,9 +399,19 @@ def cmd_train_detector(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    before = os.environ.get(EAGER_ENV)
     if getattr(args, "eager", False) and args.command != "runtime":
         os.environ[EAGER_ENV] = "1"  # every derainer of this command, and of its executor's workers
+    try:
+        return _dispatch(args)
+    finally:  # main called in-process (a script, the tests) leaves the environment as it found it
+        if before is None:
+            os.environ.pop(EAGER_ENV, None)
+        else:
+            os.environ[EAGER_ENV] = before
 
+
+def _dispatch(args) -> int:
     prepare_cpu()
     try:
         if args.command in ("all", "table", "figure"):
