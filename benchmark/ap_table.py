@@ -105,17 +105,14 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
             cache = {}  # unreadable: recomputed and rewritten below
     n_cached = len(cache)
 
-    def interval(rainy_cell, cell, gts, rainy_dets, dets):
-        key = f"{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|{det_prof['n_boot']}|{prof.seed}"
+    def interval(rainy_cell, cell, gts, rainy_dets, dets, metric=_ap40m, tag=""):
+        key = f"{tag}{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|{det_prof['n_boot']}|{prof.seed}"
         if key not in cache:
-            cache[key] = list(paired_bootstrap_ci(_ap40m, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed))
+            cache[key] = list(paired_bootstrap_ci(metric, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed))
         return cache[key]
 
-    def real_interval(rainy_cell, cell, gts, rainy_dets, dets):
-        key = f"coco50|{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|{det_prof['n_boot']}|{prof.seed}"
-        if key not in cache:
-            cache[key] = list(paired_bootstrap_ci(_coco50, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed))
-        return cache[key]
+    def real_interval(*args):  # DAWN's gains: COCO AP50, cached under their own keys
+        return interval(*args, metric=_coco50, tag="coco50|")
 
     def recovered_interval(clean_cell, rainy_cell, cell, gts, clean_dets, rainy_dets, dets):
         key = (f"recovered|{clean_cell.get('fingerprint')}|{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|"

@@ -23,7 +23,6 @@ per frame, so :mod:`benchmark.ap_table` computes paired intervals from the cells
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from core.errors import UnknownMethod
 from core.layout import RESULTS
 from core.metrics import to_uint8
 from core.profiles import detection_profile
-from core.store import Store, fingerprint, settle
+from core.store import Store, StoredKey, file_safe, fingerprint, settle
 from datasets.detection import RAINS, detection_dataset, rainy
 from datasets.kitti import Object, format_label, parse_label_line
 from detectors.bootstrap import bootstrap_ci
@@ -114,16 +113,10 @@ STUDY_DATASETS = tuple(STUDY_RAINS)
 # cells
 
 
-class _Key:
-    def __init__(self, cid: str):
-        self.id = cid
-
-
 def cell_id(detector: str, derainer: str, dataset: str, rain: str, derainer_weights: str | None = None) -> str:
     """``det__{detector}__{derainer[@weights]}__{dataset}__{rain}``, file-name safe."""
     d = derainer if derainer_weights in (None, "") else f"{derainer}@{derainer_weights}"
-    raw = f"det__{detector}__{d}__{dataset}__{rain}"
-    return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
+    return file_safe(f"det__{detector}__{d}__{dataset}__{rain}")
 
 
 #: The detection datasets whose cells are results of the suite; any other (a user's folder or
@@ -212,7 +205,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             pass  # reported below as a failed cell
     cid = cell_id(detector, "none" if no_derain else derainer, dataset, rain, derainer_weights)
     store = _det_store(results, prof.name, dataset)
-    key = _Key(cid)
+    key = StoredKey(cid)
     n_boot = det_prof["n_boot"]
     cell = {"format": DET_FORMAT, "id": cid, "kind": "detection", "detector": detector,
             "derainer": "none" if no_derain else derainer, "derainer_weights_request": derainer_weights,
@@ -232,7 +225,6 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
             net, winfo = None, {"tag": "none"}
         else:
             net, winfo = registry.load(derainer, _weights_path(derainer_weights), prof.name, data_root)
-            net = Derainer(net, derainer, megapixels=len(ds) * image_megapixels(ds.image(0)) if len(ds) else 0.0)
         fp = fingerprint({"format": DET_FORMAT, "detector": det.meta["identity"]["sha256"], "detector_name": detector,
                           "detector_config": det.meta["identity"].get("config_sha256"),
                           "detector_size": [det.meta["min_size"], det.meta["max_size"]],
@@ -241,6 +233,8 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         old = store.load(key)
         if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not force:
             return old
+        if net is not None:  # the whole set's megapixels decide the path (read only for a cell to compute)
+            net = Derainer(net, derainer, megapixels=len(ds) * image_megapixels(ds.image(0)) if len(ds) else 0.0)
         stage["now"] = "detecting"
         t_derain = t_detect = 0.0
         dets: list[list[Object]] = []
@@ -330,15 +324,15 @@ class _Row:
     detector: str = ""
 
 
-def _rows(rain: str, derainers, real_rain: bool = False) -> list[_Row]:
+def _rows(rain: str, derainers, real_rain: bool = False, detector: str = "") -> list[_Row]:
     """clean, rainy, then one row per derainer; a real-rain set has no clean row."""
-    rows = [_Row("rainy", "none", None, rain)]
+    rows = [_Row("rainy", "none", None, rain, detector)]
     if not real_rain:
-        rows.insert(0, _Row("clean (no rain)", "none", None, "none"))
+        rows.insert(0, _Row("clean (no rain)", "none", None, "none", detector))
     for method, weights in derainers:
         weights = weights.format(rain=rain) if weights else weights
         label = method if weights in (None, "official") else f"{method} ({Path(weights).stem})"
-        rows.append(_Row(label, method, weights, rain))
+        rows.append(_Row(label, method, weights, rain, detector))
     return rows
 
 
@@ -361,8 +355,7 @@ def ap_cell_plan(datasets=STUDY_DATASETS, rains=None, derainers=DEFAULT_DERAINER
         real = d.lower() in REAL_RAIN_DATASETS
         for r in (("none",) if real else rains or STUDY_RAINS.get(d, ("light", "heavy"))):
             for det in ([detector] if detector else STUDY_DETECTORS.get(d, (DEFAULT_DETECTOR,))):
-                rows = _rows(r, REAL_RAIN_DERAINERS if real else derainers, real)
-                plan.append((d, r, [_Row(x.label, x.derainer, x.weights, x.rain, det) for x in rows]))
+                plan.append((d, r, _rows(r, REAL_RAIN_DERAINERS if real else derainers, real, det)))
     return plan
 
 
@@ -411,7 +404,7 @@ def ap_cells(profile: str = "quick", data_root: Path | None = None, detector: st
                                        executor=executor, progress_bar=progress_bar)
                 cells = concurrently(one, rows, executor)
             else:
-                cells = [store.load(_Key(_row_cell_id(det_name, r, dataset)))
+                cells = [store.load(StoredKey(_row_cell_id(det_name, r, dataset)))
                          or {"status": "missing", "error": MISSING}
                          for r in rows]
             sections.append((dataset, rain, rows, cells))
@@ -426,6 +419,6 @@ def ap_dry_run(profile: str, results: Path, detector: str | None = None, dataset
     for dataset, rain, rows in ap_cell_plan(datasets, rains, derainers, detector):
         for r in rows:
             cid = _row_cell_id(r.detector, r, dataset)
-            old = store.load(_Key(cid))
+            old = store.load(StoredKey(cid))
             lines.append(f"  {cid}: {'stored (' + str(old.get('status')) + ')' if old else 'missing'}")
     return lines

@@ -137,12 +137,12 @@ def eager_forced() -> bool:
 def choose_path(method: str, megapixels: float, path: str = "auto") -> tuple[str, str]:
     """``("compiled" | "eager", why)`` for ``method`` on a cell of ``megapixels``; ``path`` is
     ``"auto"`` (the rule of this module), ``"eager"`` or ``"compiled"`` (still eager for a method
-    of :data:`EAGER_ONLY`)."""
+    of :data:`EAGER_ONLY`, or under ``--eager``)."""
     if path not in ("auto", "eager", "compiled"):
         raise ValueError(f"inference path must be auto, eager or compiled, got {path!r}")
     if method in EAGER_ONLY:
         return "eager", EAGER_ONLY[method]
-    if path == "eager" or (path == "auto" and eager_forced()):
+    if path == "eager" or eager_forced():
         return "eager", "asked for (--eager)"
     if path == "compiled":
         return "compiled", "asked for"

@@ -22,10 +22,8 @@ its fingerprint (the outputs' hash, the dataset's fingerprint, the protocol) is 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
-import re
 import time
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from core.files import atomic_write_text
 from core.layout import RESULTS
 from core.metrics import PROTOCOL, image_metrics
 from core.profiles import detection_profile, get_profile
-from core.store import Store, code_version, fingerprint
+from core.store import Store, StoredKey, code_version, file_safe, fingerprint, stamp
 from datasets.catalog import open_dataset
 from datasets.detection import RAINS, detection_dataset, rainy
 from datasets.images import read_image
@@ -84,12 +82,7 @@ def _store(results, profile: str) -> Store:
 
 
 def _cell_id(*parts: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", "__".join(("outputs",) + parts))
-
-
-class _Key:
-    def __init__(self, cid: str):
-        self.id = cid
+    return file_safe("__".join(("outputs",) + parts))
 
 
 def _detection_rain(dataset: str, rain: str | None) -> str:
@@ -268,12 +261,6 @@ def _raise_problems(folder: Path, problems: list[str]) -> None:
                            + (f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""))
 
 
-def _stamp(cell: dict) -> dict:
-    cell.update(code_version=code_version(),
-                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    return cell
-
-
 # --------------------------------------------------------------------------
 # score-outputs
 
@@ -299,7 +286,7 @@ def score_outputs(folder, dataset: str, name: str | None = None, data_root: Path
     fp = fingerprint({"format": OUTPUTS_FORMAT, "command": "score", "outputs": sha,
                       "dataset": desc.get("fingerprint"), "n_images": len(ds), "protocol": protocol})
     store = _store(results, prof.name)
-    key = _Key(_cell_id("score", name, ds.name))
+    key = StoredKey(_cell_id("score", name, ds.name))
     cell = store.load(key)
     reused = bool(cell and cell.get("status") == "ok" and cell.get("fingerprint") == fp)
     if not reused:
@@ -315,7 +302,7 @@ def score_outputs(folder, dataset: str, name: str | None = None, data_root: Path
                 per_image.append({"image": image, **measure(out, clean)})
         _raise_problems(folder, problems)
         res = summarize(per_image, time.perf_counter() - t0, ds.name)
-        cell = _stamp({"format": OUTPUTS_FORMAT, "id": key.id, "kind": "outputs", "command": "score",
+        cell = stamp({"format": OUTPUTS_FORMAT, "id": key.id, "kind": "outputs", "command": "score",
                        "status": "ok", "name": name, "dataset": ds.name, "dataset_request": dataset,
                        "profile": prof.name, "seed": prof.seed, "limit": limit, "metrics": res["metrics"],
                        "per_image": res["per_image"], "n_images": res["n_images"], "seconds": res["seconds"],
@@ -363,7 +350,7 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
                       "detector": ident["sha256"], "detector_name": detector,
                       "detector_size": [det.meta["min_size"], det.meta["max_size"]], "gain_metric": gain_metric})
     store = _store(results, prof.name)
-    key = _Key(_cell_id("detect", detector, name, ds.name, rain))
+    key = StoredKey(_cell_id("detect", detector, name, ds.name, rain))
     cell = store.load(key)
     reused = bool(cell and cell.get("status") == "ok" and cell.get("fingerprint") == fp)
     if not reused:
@@ -394,7 +381,7 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
         gts, rainy_dets = cell_detections(base)
         gain = scored["metrics"][gain_metric] - base["metrics"][gain_metric]
         gain_ci = list(paired_bootstrap_ci(CI_METRICS[gain_metric], gts, rainy_dets, dets, n=n_boot, seed=prof.seed))
-        cell = _stamp({"format": OUTPUTS_FORMAT, "id": key.id, "kind": "outputs", "command": "detect",
+        cell = stamp({"format": OUTPUTS_FORMAT, "id": key.id, "kind": "outputs", "command": "detect",
                        "status": "ok", "name": name, "dataset": ds.name, "dataset_request": dataset, "rain": rain,
                        "detector": detector, "detector_weights": ident, "profile": prof.name, "seed": prof.seed,
                        "n_boot": n_boot, **scored, "gain_metric": gain_metric, "gain": gain, "gain_ci": gain_ci,
@@ -428,7 +415,7 @@ def table_with_outputs(table_id: str, names: list[str], cells: dict, registered:
     merged, extra = dict(cells), []
     for name in names:
         col = Column(f"outputs:{name}", f"{name} (outputs)")
-        found = {row: store.load(_Key(_cell_id("score", name, row))) for row in spec.rows}
+        found = {row: store.load(StoredKey(_cell_id("score", name, row))) for row in spec.rows}
         found = {row: cell for row, cell in found.items() if cell and cell.get("status") == "ok"}
         if not found:
             raise DatasetError(f"no score-outputs result named {name!r} on a row of {spec.id} "

@@ -75,7 +75,7 @@ def cmd_render(job: Job, check: bool) -> int:
 
 def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_name: str, progress=True,
               dtype: str = "float32", channels_last: bool = True, tile: int | None = None, halo: int = 64,
-              compile: bool = False, eager: bool = False) -> int:
+              compile: bool = False) -> int:
     profile = get_profile(profile_name)
     data_root = data_root_from(data_root_arg)
     ds = open_dataset(dataset, data_root, size=profile.embedded_size, seed=profile.seed, limit=limit)
@@ -86,7 +86,7 @@ def cmd_score(method: str, dataset: str, data_root_arg, weights, limit, profile_
     if tile:
         net = Tiled(net, tile, halo)
     t0 = time.perf_counter()
-    path = "eager" if eager else "compiled" if compile else "auto"
+    path = "compiled" if compile else "auto"  # --eager reaches the path through RESGUIDE_EAGER (main)
     res = evaluate(net, ds, progress=progress, desc=f"{method} on {ds.name}", dtype=dtype, channels_last=channels_last,
                    path=path, method=method)
     desc = ds.describe()
@@ -437,8 +437,7 @@ def _dispatch(args) -> int:
             return artifacts.list_everything()
         if args.command == "score":
             return cmd_score(args.method, args.dataset, args.data_root, args.weights, args.limit, args.profile,
-                             args.progress, args.dtype, args.channels_last, args.tile, args.halo, args.compile,
-                             args.eager)
+                             args.progress, args.dtype, args.channels_last, args.tile, args.halo, args.compile)
         if args.command == "params":
             return cmd_params(args.method)
         if args.command == "train":

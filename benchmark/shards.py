@@ -139,8 +139,7 @@ def merge(results: list[dict], name: str) -> dict:
     per_image = [p for r in results for p in r["per_image"]]
     out = summarize(per_image, sum(r["seconds"] for r in results), name)
     out["workers"] = sorted({r["worker"] for r in results})
-    paths = [r["inference"] for r in results if r.get("inference")]
-    out["inference"] = paths[0] if paths and all(p == paths[0] for p in paths) else paths  # one path per cell
+    out["inference"] = results[0]["inference"]  # the cell's megapixels decide: every shard takes one path
     return out
 
 

@@ -30,6 +30,18 @@ CELL_FORMAT = 1
 
 
 
+def file_safe(raw: str) -> str:
+    """``raw`` with every character a file name should not hold replaced by ``-``: a cell's id."""
+    return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """The key of a cell whose id is made elsewhere (detection and outputs cells)."""
+
+    id: str
+
+
 @dataclass(frozen=True)
 class CellKey:
     method: str
@@ -38,8 +50,7 @@ class CellKey:
 
     @property
     def id(self) -> str:
-        raw = f"{self.method}@{self.weights or 'default'}__{self.dataset}"
-        return re.sub(r"[^A-Za-z0-9_.@=+-]", "-", raw)
+        return file_safe(f"{self.method}@{self.weights or 'default'}__{self.dataset}")
 
 
 
@@ -124,6 +135,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def stamp(cell: dict) -> dict:
+    """``cell`` with the code version and time that made it, as every stored cell carries."""
+    cell.update(code_version=code_version(), created=_now())
+    return cell
+
+
 
 _STATS_LOCK = threading.Lock()
 
@@ -170,6 +187,5 @@ def settle(key, cell: dict, store: Store, stats: dict, compute, skip_reason=lamb
                     traceback=traceback.format_exc(limit=8))
         count(stats, "failed")
         print(f"error: cell {key.id} failed: {cell['error']}", file=sys.stderr)
-    cell.update(code_version=code_version(), created=_now())
-    store.save(cell)
+    store.save(stamp(cell))
     return cell
