@@ -19,9 +19,11 @@ from benchmark.detection import (
     _ap40m,
     _coco50,
     _det_store,
+    _vehicle50,
     _Row,
     ap_cells,
     cell_detections,
+    has_vehicle,
 )
 from core.files import atomic_write_text
 from core.layout import RESULTS, output_dir
@@ -111,8 +113,8 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
             cache[key] = list(paired_bootstrap_ci(metric, gts, rainy_dets, dets, n=det_prof["n_boot"], seed=prof.seed))
         return cache[key]
 
-    def real_interval(*args):  # DAWN's gains: COCO AP50, cached under their own keys
-        return interval(*args, metric=_coco50, tag="coco50|")
+    def real_interval(*args, vehicle: bool = False):  # DAWN's gains: COCO AP50 (car or vehicle), own keys
+        return interval(*args, metric=_vehicle50 if vehicle else _coco50, tag="vehicle50|" if vehicle else "coco50|")
 
     def recovered_interval(clean_cell, rainy_cell, cell, gts, clean_dets, rainy_dets, dets):
         key = (f"recovered|{clean_cell.get('fingerprint')}|{rainy_cell.get('fingerprint')}|{cell.get('fingerprint')}|"
@@ -125,7 +127,8 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
     md, tex = [f"### Car AP on clean, rainy and derained frames (section 5.2), profile {prof.name}", ""], []
     csv_lines = ["dataset,rain,row,method,derainer_weights,ap40_moderate,ap40_moderate_lo,ap40_moderate_hi,"
                  "ap11_moderate,coco_ap,coco_ap50,coco_ap50_lo,coco_ap50_hi,gain_ap40_moderate,gain_lo,gain_hi,"
-                 "beyond_noise,recovered,recovered_lo,recovered_hi,n_images,n_objects,gain_metric"]
+                 "beyond_noise,recovered,recovered_lo,recovered_hi,n_images,n_objects,gain_metric,vehicle_ap50,"
+                 "vehicle_ap50_lo,vehicle_ap50_hi,gain_vehicle_ap50,gain_vehicle_lo,gain_vehicle_hi"]
     for dataset, rain, rows, cells in sections:
         title = _title(dataset, rain, rows[0].detector)
         if dataset.lower() in REAL_RAIN_DATASETS:
@@ -177,7 +180,7 @@ def write_ap_table(sections, profile: str, out_dir: Path, gains_cache: Path | No
                 m["ap11_moderate"], m["coco_ap"], m["coco_ap50"], *ci["coco_ap50"],
                 "" if gain is None else gain, "" if glo is None else glo, "" if ghi is None else ghi, beyond,
                 *("" if v is None else v for v in (rec, rlo, rhi)), cell["n_images"], cell["n_objects"],
-                "ap40_moderate"]))
+                "ap40_moderate", *[""] * 6]))
         dw = base_rainy["detector_weights"]
         trained = _trained_on(base_rainy)
         note = (f"Note: detector {base_rainy['detector']} with weights {dw.get('path')} ({dw.get('source')}, "
@@ -263,16 +266,32 @@ def _title(dataset: str, rain: str, detector: str) -> str:
 
 def _real_rain_section(title: str, dataset: str, rows, cells, interval, det_prof) -> tuple[list, list, list]:
     """(md, tex, csv) lines of a real-rain section (DAWN): the rainy photographs, then each derainer
-    with its car AP50 and the paired bootstrap interval of its gain over the rainy photographs.
+    with its car AP50 and the paired bootstrap interval of its gain over the rainy photographs, and
+    the same for the merged vehicle class (car + truck + bus) where the detector has those classes.
     There are no clean counterparts: no clean row, no share of a loss recovered."""
     base = cells[0]
     if base.get("status") != "ok":
         return [f"**{title}**", "", f"Not computed: {base.get('error', '')}", ""], [], []
     gts, rainy_dets = cell_detections(base)
+    vehicle = has_vehicle(base)
+    if vehicle:
+        _, rainy_vdets = cell_detections(base, vehicle=True)
     header = ["Photographs", "Derainer weights", "Car COCO AP", "Car AP50 [95% CI]",
-              "Gain AP50 vs rainy [paired 95% CI]", "Derain s / photograph"]
-    body, csv, left_out, missing = [], [], [], []
+              "Gain AP50 vs rainy [paired 95% CI]"]
+    if vehicle:
+        header += ["Vehicle AP50 [95% CI]", "Gain vehicle AP50 [paired 95% CI]"]
+    header.append("Derain s / photograph")
+    body, csv, left_out, missing, no_vehicle = [], [], [], [], []
     verdict = {"raised": [], "lowered": [], "within": []}
+    vverdict = {"raised": [], "lowered": [], "within": []}
+
+    def gain_of(cell, metrics, lo_hi, into):
+        gain = metrics(cell) - metrics(base)
+        lo, hi = lo_hi
+        into["raised" if lo > 0 else "lowered" if hi < 0 else "within"].append(
+            f"{_row_name(row)} {gain:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        return gain, lo, hi
+
     for row, cell in zip(rows, cells):
         if cell.get("status") == "missing":
             missing.append(_row_name(row))
@@ -282,29 +301,54 @@ def _real_rain_section(title: str, dataset: str, rows, cells, interval, det_prof
             continue
         m, ci = cell["metrics"], cell["ci"]
         gain = glo = ghi = None
+        vgain = vlo = vhi = None
         if row.derainer != "none":
-            gain = m["coco_ap50"] - base["metrics"]["coco_ap50"]
-            glo, ghi = interval(base, cell, gts, rainy_dets, cell_detections(cell)[1])
-            side = "raised" if glo > 0 else "lowered" if ghi < 0 else "within"
-            verdict[side].append(f"{_row_name(row)} {gain:+.3f} [{glo:+.3f}, {ghi:+.3f}]")
+            gain, glo, ghi = gain_of(cell, lambda c: c["metrics"]["coco_ap50"],
+                                     interval(base, cell, gts, rainy_dets, cell_detections(cell)[1]), verdict)
+            if vehicle and has_vehicle(cell):
+                vgain, vlo, vhi = gain_of(
+                    cell, lambda c: c["vehicle"]["metrics"]["coco_ap50"],
+                    interval(base, cell, gts, rainy_vdets, cell_detections(cell, vehicle=True)[1], vehicle=True),
+                    vverdict)
+        if vehicle and not has_vehicle(cell):
+            no_vehicle.append(_row_name(row))
         wtag = (cell.get("derainer_weights") or {}).get("tag", "none") if row.derainer != "none" else "-"
         per = cell["seconds"]["derain"] / max(1, cell["n_images"])
-        body.append([row.label if row.derainer == "none" else f"rainy + {_row_name(row)}", wtag, _f(m["coco_ap"]),
-                     f"{_f(m['coco_ap50'])} {_ci(ci['coco_ap50'])}",
-                     "-" if gain is None else f"{gain:+.3f} [{glo:+.3f}, {ghi:+.3f}]",
-                     "-" if row.derainer == "none" or cell.get("derained_from_cache") else f"{per:.2f}"])
+        values = [row.label if row.derainer == "none" else f"rainy + {_row_name(row)}", wtag, _f(m["coco_ap"]),
+                  f"{_f(m['coco_ap50'])} {_ci(ci['coco_ap50'])}",
+                  "-" if gain is None else f"{gain:+.3f} [{glo:+.3f}, {ghi:+.3f}]"]
+        if vehicle:
+            v = cell.get("vehicle") or {}
+            values += ["not recorded" if not has_vehicle(cell) else
+                       f"{_f(v['metrics']['coco_ap50'])} {_ci(v['ci']['coco_ap50'])}",
+                       "-" if vgain is None else f"{vgain:+.3f} [{vlo:+.3f}, {vhi:+.3f}]"]
+        values.append("-" if row.derainer == "none" or cell.get("derained_from_cache") else f"{per:.2f}")
+        body.append(values)
+        vm = cell["vehicle"]["metrics"]["coco_ap50"] if has_vehicle(cell) else ""
+        vci = cell["vehicle"]["ci"]["coco_ap50"] if has_vehicle(cell) else ["", ""]
         csv.append(",".join(str(x) for x in [
             dataset, "none", row.label, row.derainer, wtag, "", "", "", "", m["coco_ap"], m["coco_ap50"],
             *ci["coco_ap50"], *("" if v is None else v for v in (gain, glo, ghi)),
             "" if gain is None else ("yes" if glo > 0 or ghi < 0 else "no"), "", "", "", cell["n_images"],
-            cell["n_objects"], "coco_ap50"]))
+            cell["n_objects"], "coco_ap50", vm, *vci, *("" if v is None else v for v in (vgain, vlo, vhi))]))
     dw = base["detector_weights"]
-    said = []
-    for side, words in (("raised", "raised car AP50 beyond the bootstrap noise"),
-                        ("lowered", "lowered car AP50 beyond the bootstrap noise"),
-                        ("within", "changed it within the noise")):
-        if verdict[side]:
-            said.append(f"{words}: " + "; ".join(verdict[side]))
+
+    def say(sides, what):
+        said = [f"{words}: " + "; ".join(sides[side]) for side, words in (
+            ("raised", f"raised {what} beyond the bootstrap noise"),
+            ("lowered", f"lowered {what} beyond the bootstrap noise"),
+            ("within", "changed it within the noise")) if sides[side]]
+        return "Deraining " + "; ".join(said) + "." if said else ""
+
+    if vehicle:
+        vnote = (f" Vehicle: car, truck and bus merged into one class ({base['vehicle']['n_objects']} labels), the "
+                 "detector's car, bus and truck boxes with one NMS across the three; a car box on a labelled truck "
+                 "counts. " + say(vverdict, "vehicle AP50"))
+        if no_vehicle:
+            vnote += (" Vehicle AP not recorded (cells computed before the vehicle class; a rerun of "
+                      "`table ap` recomputes them): " + ", ".join(no_vehicle) + ".")
+    else:
+        vnote = " Vehicle AP: " + str((base.get("vehicle") or {}).get("why", "not recorded")) + "."
     note = (f"Note: detector {base['detector']} with weights {dw.get('path')} ({dw.get('source')}, sha256 "
             f"{str(dw.get('sha256'))[:12]}), {_trained_on(base)}; data {dataset}: {base['n_images']} real rainy photographs, "
             f"{base['n_objects']} Car labels ({base['dataset_info'].get('source')}), scored as taken (no rain added). "
@@ -312,7 +356,7 @@ def _real_rain_section(title: str, dataset: str, rows, cells, interval, det_prof
             "so KITTI's Easy / Moderate / Hard do not apply; there are no clean counterparts, so no clean row and no "
             f"share recovered. Intervals: percentile bootstrap over photographs, {det_prof['n_boot']} replicates; "
             "gains: paired (the same resampled photographs for both rows). "
-            + ("Deraining " + "; ".join(said) + "." if said else "No derained row yet.")
+            + (say(verdict, "car AP50") or "No derained row yet.") + vnote
             + " Left out by design: " + "; ".join(LEFT_OUT.values()) + ".")
     if missing:
         note += (" Not computed yet (`python -m benchmark.run table ap --data-root DIR` computes them): "

@@ -1,4 +1,4 @@
-"""What the CPU's kernels allow ResGuideNet: ``python -m benchmark.convfloor [--size 500] [--repeats 7]``.
+"""What the CPU's kernels allow: ``python -m benchmark.convfloor [--size 500] [--repeats 7] [--features 16]``.
 
 ResGuideNet's work is fifty 3x3 convolutions from 16 to 16 channels (five blocks, five uses of a
 two-convolution unit); the rest (image-facing convolutions, additions, concatenations) is small.
@@ -8,6 +8,10 @@ where the activation is fused into the convolution), and prints one JSON line pe
 the time per convolution, its GFLOP/s and ``x50_s``, the time fifty of them take: a floor no
 ResGuideNet pass built from these kernels can beat. A last line gives the GFLOP/s of a
 2048x2048 matrix product, the figure Table 4's targets were derived from.
+
+``--features`` sets the convolutions' width: 16 is ResGuideNet's, 32 PReNet's, 64 JORDER's and
+DnCNN's, so each method's GFLOP/s (``runtime``'s ``gflops`` over its time) can be set beside the
+floor of its own convolutions.
 """
 from __future__ import annotations
 
@@ -42,20 +46,24 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmark.convfloor", description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=500)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--features", type=int, default=16, help="input and output channels of each convolution")
     args = p.parse_args(argv)
+    c = args.features
+    if c < 1:
+        p.error(f"--features must be positive, got {c}")
     malloc = prepare_cpu()  # as every CLI command: denormals flushed, allocator tuned
     torch.manual_seed(0)
-    chain = _Chain().eval().to(memory_format=torch.channels_last)
+    chain = _Chain(features=c).eval().to(memory_format=torch.channels_last)
     n = len(chain.convs)
-    x = torch.rand(1, 16, args.size, args.size).contiguous(memory_format=torch.channels_last)
-    flop = 2 * 16 * 16 * 9 * args.size * args.size
+    x = torch.rand(1, c, args.size, args.size).contiguous(memory_format=torch.channels_last)
+    flop = 2 * c * c * 9 * args.size * args.size
     for dtype in ("float32", "bfloat16"):
         for compiled in (False, True):
             net = compile_for_inference(chain) if compiled else chain
             autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
             with torch.inference_mode(), autocast:
                 per_conv = _median(lambda: net(x), args.repeats) / n
-            print(json.dumps({"what": "conv3x3 16->16 + LeakyReLU, channels-last", "size": args.size,
+            print(json.dumps({"what": f"conv3x3 {c}->{c} + LeakyReLU, channels-last", "size": args.size,
                               "dtype": dtype, "compile": compiled, "per_conv_ms": round(per_conv * 1e3, 3),
                               "gflop_per_s": round(flop / per_conv / 1e9, 1), "x50_s": round(50 * per_conv, 3),
                               "threads": torch.get_num_threads(), "malloc": malloc}), flush=True)

@@ -41,7 +41,7 @@ from core.store import Store, StoredKey, file_safe, fingerprint, settle
 from datasets.detection import RAINS, detection_dataset, rainy
 from datasets.kitti import Object, format_label, parse_label_line
 from detectors.bootstrap import bootstrap_ci
-from detectors.coco_eval import coco_car_ap
+from detectors.coco_eval import VEHICLE_TYPES, coco_car_ap
 from detectors.kitti_eval import kitti_car_ap, kitti_car_ap40_moderate
 from detectors.torchvision_det import DEFAULT_DETECTOR
 from detectors.zoo import get_detector
@@ -138,11 +138,28 @@ def _dets_from_rows(rows) -> list[Object]:
     return [Object(type="Car", truncated=0.0, occluded=0, bbox=tuple(r[:4]), score=float(r[4])) for r in rows]
 
 
-def cell_detections(cell: dict) -> tuple[list[list[Object]], list[list[Object]]]:
-    """(ground truths, detections) per image, rebuilt from a stored ``ok`` cell."""
+def _round_typed(objs: list[Object]) -> list[list]:
+    return [row + [o.type] for row, o in zip(_round_dets(objs), objs)]
+
+
+def _typed_from_rows(rows) -> list[Object]:
+    return [Object(type=r[5], truncated=0.0, occluded=0, bbox=tuple(r[:4]), score=float(r[4])) for r in rows]
+
+
+def cell_detections(cell: dict, vehicle: bool = False) -> tuple[list[list[Object]], list[list[Object]]]:
+    """(ground truths, detections) per image, rebuilt from a stored ``ok`` cell; ``vehicle``: the
+    merged car / truck / bus detections (``vehicle_dets``, KeyError when the cell has none)."""
     gts = [[parse_label_line(line) for line in p["gt"]] for p in cell["per_image"]]
-    dets = [_dets_from_rows(p["dets"]) for p in cell["per_image"]]
+    if vehicle:
+        dets = [_typed_from_rows(p["vehicle_dets"]) for p in cell["per_image"]]
+    else:
+        dets = [_dets_from_rows(p["dets"]) for p in cell["per_image"]]
     return gts, dets
+
+
+def has_vehicle(cell: dict) -> bool:
+    """Whether an ``ok`` cell carries the merged vehicle detections and metrics."""
+    return bool((cell.get("vehicle") or {}).get("metrics"))
 
 
 def _ap40m(g, d) -> float:
@@ -154,6 +171,21 @@ def _coco50(g, d) -> float:
 
 
 CI_METRICS = {"ap40_moderate": _ap40m, "coco_ap50": _coco50}
+
+
+def _vehicle50(g, d) -> float:
+    return coco_car_ap(g, d, iou_thrs=(0.5,), types=VEHICLE_TYPES)["ap50"]
+
+
+def _vehicle_metrics(gts, dets, n_boot: int, seed: int) -> dict:
+    """The merged vehicle class (:data:`detectors.coco_eval.VEHICLE_TYPES`): COCO AP, AP50 and AP50's
+    bootstrap interval, and the count of its ground truths."""
+    coco = coco_car_ap(gts, dets, types=VEHICLE_TYPES)
+    counted = {t.lower() for t in VEHICLE_TYPES}
+    return {"types": list(VEHICLE_TYPES),
+            "metrics": {"coco_ap": coco["ap"], "coco_ap50": coco["ap50"], "coco_ap75": coco["ap75"]},
+            "ci": {"coco_ap50": list(bootstrap_ci(_vehicle50, gts, dets, n=n_boot, seed=seed))},
+            "n_objects": sum(o.type.lower() in counted for g in gts for o in g)}
 
 
 #: Datasets of real rainy photographs: scored as they are (``rain="none"``), never with rain added,
@@ -230,20 +262,26 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
                           "detector_size": [det.meta["min_size"], det.meta["max_size"]],
                           "derainer": cell["derainer"], "derainer_weights": winfo, "dataset": ds.info["fingerprint"],
                           "n_images": len(ds), "rain": rain, "seed": prof.seed, "n_boot": n_boot})
+        kitti_levels = dataset.lower() not in REAL_RAIN_DATASETS
+        vehicles = not kitti_levels and hasattr(det, "detect_vehicles")
         old = store.load(key)
-        if old and old.get("status") == "ok" and old.get("fingerprint") == fp and not force:
+        if (old and old.get("status") == "ok" and old.get("fingerprint") == fp and not force
+                and (has_vehicle(old) or not vehicles)):  # a cell from before the vehicle class is redone
             return old
         if net is not None:  # the whole set's megapixels decide the path (read only for a cell to compute)
             net = Derainer(net, derainer, megapixels=len(ds) * image_megapixels(ds.image(0)) if len(ds) else 0.0)
         stage["now"] = "detecting"
         t_derain = t_detect = 0.0
         dets: list[list[Object]] = []
+        vdets: list[list] = []  # rows of the merged vehicle class, with their types
         pending: list = []
 
         def flush():
             nonlocal t_detect
             t0 = time.perf_counter()
             outs = det.detect_objects(pending, score_min=0.0)
+            if vehicles:
+                vdets.extend(_round_typed(o) for o in det.detect_vehicles(pending, score_min=0.0))
             t_detect += time.perf_counter() - t0
             dets.extend(_dets_from_rows(_round_dets(o)) for o in outs)  # the stored precision
             pending.clear()
@@ -273,11 +311,14 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         if pending:
             flush()
         stage["now"] = "scoring"
-        kitti_levels = dataset.lower() not in REAL_RAIN_DATASETS
         scored = _metrics(ds.gts, dets, n_boot, prof.seed, kitti_levels)
         if not kitti_levels:
             scored["note"] = ("COCO AP only: the labels have no KITTI truncation / occlusion levels, so KITTI's "
                               "Easy / Moderate / Hard do not apply")
+            if vehicles:
+                scored["vehicle"] = _vehicle_metrics(ds.gts, [_typed_from_rows(r) for r in vdets], n_boot, prof.seed)
+            else:
+                scored["vehicle"] = {"why": f"{detector} has no truck / bus classes: car AP only"}
         cell.update(status="ok", **scored, n_images=len(ds), n_objects=ds.n_objects,
                     seconds={"derain": t_derain, "detect": t_detect},
                     derained_from_cache=frames.hits if frames else 0, dataset_info=ds.info,
@@ -286,8 +327,9 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
                     detector_size=[det.meta["min_size"], det.meta["max_size"]],
                     detector_training=(det.meta.get("training_data") or None),
                     derainer_weights=winfo, fingerprint=fp,
-                    per_image=[{"id": image_id, "gt": [format_label(o) for o in g], "dets": _round_dets(d)}
-                               for image_id, g, d in zip(ds.ids, ds.gts, dets)])
+                    per_image=[{"id": image_id, "gt": [format_label(o) for o in g], "dets": _round_dets(d),
+                                **({"vehicle_dets": vdets[k]} if vehicles else {})}
+                               for k, (image_id, g, d) in enumerate(zip(ds.ids, ds.gts, dets))])
         return None
 
     return settle(key, cell, store, stats, compute,
@@ -306,6 +348,10 @@ def contract(cell: dict) -> dict:
         line.update(n_images=cell["n_images"], n_objects=cell["n_objects"],
                     ap40_moderate_ci=cell["ci"]["ap40_moderate"], coco_ap50_ci=cell["ci"]["coco_ap50"],
                     seconds=cell["seconds"], detector_weights=cell["detector_weights"].get("path"))
+        if has_vehicle(cell):
+            v = cell["vehicle"]
+            line.update(vehicle_ap=v["metrics"]["coco_ap"], vehicle_ap50=v["metrics"]["coco_ap50"],
+                        vehicle_ap50_ci=v["ci"]["coco_ap50"], n_vehicles=v["n_objects"])
     else:
         line["error"] = cell.get("error")
     return line

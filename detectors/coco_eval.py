@@ -1,4 +1,5 @@
-"""COCO-style AP (IoU .50:.95) and AP50 for the KITTI Car class, through pycocotools.
+"""COCO-style AP (IoU .50:.95) and AP50 for the KITTI Car class (or one merged class of several
+types, e.g. the "vehicle" of car + truck + bus), through pycocotools.
 
 The ground-truth and detection dicts are built in memory (no JSON files).
 
@@ -18,6 +19,9 @@ Choices, since KITTI labels are not COCO labels:
   (A ``ignore`` flag would not do: pycocotools overwrites it from ``iscrowd``.)
 * Every other class is dropped.  Detections: ``Object`` of type ``Car`` (other
   types dropped) or ``(box, score)`` pairs, taken as Cars.
+* ``types`` (default ``("Car",)``) are the ground-truth and detection types that count, merged into
+  one category: :data:`VEHICLE_TYPES` scores "vehicle" AP, where a car box on a labelled truck is
+  a true positive.  An ignore type that is also counted is counted, not ignored.
 * No detections at all give 0.0 (pycocotools cannot load an empty result
   list).  No countable Car ground truth gives NaN (AP undefined; pycocotools
   reports -1).
@@ -36,9 +40,11 @@ import numpy as np
 from datasets.kitti import Object
 from detectors.kitti_eval import _as_detection
 
-__all__ = ["coco_car_ap", "IGNORE_TYPES"]
+__all__ = ["coco_car_ap", "IGNORE_TYPES", "VEHICLE_TYPES"]
 
 IGNORE_TYPES = ("Van", "DontCare")
+#: the types merged into one "vehicle" class (COCO's car, truck and bus)
+VEHICLE_TYPES = ("Car", "Truck", "Bus")
 _CAR_ID = 1
 
 
@@ -53,15 +59,18 @@ def coco_car_ap(
     max_dets: int = 100,
     ignore_types: Sequence[str] = IGNORE_TYPES,
     iou_thrs: Sequence[float] | None = None,
+    types: Sequence[str] = ("Car",),
 ) -> dict[str, float]:
-    """``{"ap": AP@[.50:.95], "ap50": AP@.50, "ap75": AP@.75}`` for Car, in [0, 1] (see module doc).
+    """``{"ap": AP@[.50:.95], "ap50": AP@.50, "ap75": AP@.75}`` for Car (or the merged ``types``), in
+    [0, 1] (see module doc).
 
     ``iou_thrs`` (e.g. ``(0.5,)``) evaluates only those IoU thresholds and the "all" area range:
     the same matching, so the same AP at those thresholds, in a fraction of the time (a bootstrap
     of AP50 repeats the evaluation hundreds of times); the keys of the others are then NaN."""
     if len(gts) != len(dets):
         raise ValueError(f"gts has {len(gts)} images but dets has {len(dets)}")
-    ignore = {t.lower() for t in ignore_types}
+    counted = {t.lower() for t in types}
+    ignore = {t.lower() for t in ignore_types} - counted
 
     images, annotations = [], []
     n_car = 0
@@ -70,7 +79,7 @@ def coco_car_ap(
         images.append({"id": image_id})
         for obj in objects:
             kind = obj.type.lower()
-            if kind == "car":
+            if kind in counted:
                 crowd = 0
                 n_car += 1
             elif kind in ignore:
@@ -94,7 +103,7 @@ def coco_car_ap(
         kept = []
         for d in per_image:
             kind, box, score = _as_detection(d)
-            if kind.lower() == "car":
+            if kind.lower() in counted:
                 kept.append((score, box))
         kept.sort(key=lambda sb: -sb[0])
         for score, box in kept[:max_dets]:

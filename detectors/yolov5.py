@@ -45,6 +45,7 @@ __all__ = [
     "COCO_CAR",
     "DEFAULT_IMG_SIZE",
     "PAD_VALUE",
+    "VEHICLE_CLASSES",
     "Letterbox",
     "YoloV5Detector",
     "letterbox",
@@ -54,6 +55,8 @@ __all__ = [
 
 #: COCO class index of ``car`` in the 80-class YOLOv5 models
 COCO_CAR = 2
+#: COCO class index -> type of the classes merged into "vehicle" (car, bus, truck)
+VEHICLE_CLASSES = {2: "Car", 5: "Bus", 7: "Truck"}
 #: long side of the network input for KITTI frames (1242x375, so roughly native scale)
 DEFAULT_IMG_SIZE = 1280
 #: letterbox padding value (grey 114 of 255, as in training)
@@ -174,7 +177,10 @@ class YoloV5Detector(nn.Module):
     def max_stride(self) -> int:
         return int(self.net.stride.max())
 
-    def forward(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def forward(self, images: Sequence[torch.Tensor], classes: Sequence[int] | None = None,
+                agnostic: bool = False) -> list[dict[str, torch.Tensor]]:
+        """Detections per image; ``classes`` overrides the classes reported, ``agnostic`` runs one
+        NMS across them (one "vehicle" class from car, bus and truck boxes)."""
         images = check_images(images)
         was_training = self.net.training
         self.net.to(self.device).eval()
@@ -191,18 +197,20 @@ class YoloV5Detector(nn.Module):
                         batch = torch.stack([boxed[k][0] for k in members]).to(self.device)
                         preds = self.net(batch).float().cpu()
                         for k, pred in zip(members, preds):
-                            out[k] = self._postprocess(pred, boxed[k][1])
+                            out[k] = self._postprocess(pred, boxed[k][1], classes, agnostic)
         finally:
             self.net.train(was_training)
         return out  # type: ignore[return-value]
 
-    def _postprocess(self, pred: torch.Tensor, geometry: Letterbox) -> dict[str, torch.Tensor]:
+    def _postprocess(self, pred: torch.Tensor, geometry: Letterbox, classes: Sequence[int] | None = None,
+                     agnostic: bool = False) -> dict[str, torch.Tensor]:
         """Decoded predictions of one image (``N x (5 + nc)``) -> thresholded, NMS'd boxes in image pixels."""
         pred = pred[pred[:, 4] > self.conf_thres]
-        if self.classes is None:
+        classes = self.classes if classes is None else tuple(int(c) for c in classes)
+        if classes is None:
             labels_of = torch.arange(self.net.nc)
         else:
-            labels_of = torch.tensor(self.classes, dtype=torch.int64)
+            labels_of = torch.tensor(classes, dtype=torch.int64)
         scores = pred[:, 4:5] * pred[:, 5 + labels_of]
         rows, cols = (scores > self.conf_thres).nonzero(as_tuple=True)
         boxes = _xywh_to_xyxy(pred[rows, :4])
@@ -211,7 +219,8 @@ class YoloV5Detector(nn.Module):
         if len(conf) > self.max_candidates:
             top = conf.topk(self.max_candidates).indices
             boxes, conf, labels = boxes[top], conf[top], labels[top]
-        keep = torchvision.ops.batched_nms(boxes, conf, labels, self.iou_thres)[: self.max_det]
+        groups = torch.zeros_like(labels) if agnostic else labels
+        keep = torchvision.ops.batched_nms(boxes, conf, groups, self.iou_thres)[: self.max_det]
         return {"boxes": geometry.to_image(boxes[keep]), "labels": labels[keep].to(torch.int64),
                 "scores": conf[keep]}
 
@@ -221,6 +230,13 @@ class YoloV5Detector(nn.Module):
     def detect_objects(self, images: Sequence[torch.Tensor], score_min: float = 0.0) -> list[list[Object]]:
         """``[to_objects(o) for o in self(images)]``: Car detections ready for the evaluators."""
         return [to_objects(o, score_min) for o in self(images)]
+
+    def detect_vehicles(self, images: Sequence[torch.Tensor], score_min: float = 0.0) -> list[list[Object]]:
+        """Car, bus and truck detections (:data:`VEHICLE_CLASSES`) with one NMS across the three, typed
+        ``Car`` / ``Bus`` / ``Truck``: the detections of a merged "vehicle" class (a COCO model only)."""
+        if self.net.nc <= max(VEHICLE_CLASSES):
+            raise ValueError(f"vehicle detections need a COCO model (80 classes), this one has {self.net.nc}")
+        return [to_objects(o, score_min, VEHICLE_CLASSES) for o in self(images, tuple(VEHICLE_CLASSES), agnostic=True)]
 
     def extra_repr(self) -> str:
         return (f"img_size={self.img_size}, conf_thres={self.conf_thres}, iou_thres={self.iou_thres}, "

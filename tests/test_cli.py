@@ -164,3 +164,8 @@ def test_convfloor_prints_the_conv_floor_and_matmul_rates(capsys, monkeypatch):
     for r in convs:
         assert r["per_conv_ms"] > 0 and r["x50_s"] == pytest.approx(50 * r["per_conv_ms"] / 1e3, abs=1e-3)
     assert [r["dtype"] for r in lines if r["what"].startswith("matmul")] == ["float32", "bfloat16"]
+    assert convfloor.main(["--size", "16", "--repeats", "1", "--features", "8"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["what"].startswith("conv3x3 8->8")
+    with pytest.raises(SystemExit):
+        convfloor.main(["--features", "0"])
+    assert "--features must be positive" in capsys.readouterr().err

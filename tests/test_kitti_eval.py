@@ -317,6 +317,20 @@ def test_coco_van_is_ignore_region_and_fp_counts():
     assert r["ap"] < 1.0 and r["ap50"] < 1.0
 
 
+def test_coco_vehicle_merges_car_truck_and_bus():
+    from detectors.coco_eval import VEHICLE_TYPES
+
+    gts, dets = base()
+    gts[0] = gts[0] + [gt("Truck", box=(300, 100, 400, 160))]
+    dets[0] = dets[0] + [det(box=(300, 100, 400, 160), score=0.99)]  # a "Car" box on the labelled truck
+    assert coco_car_ap(gts, dets)["ap"] < 1.0  # car only: the truck is not a car, the box a false positive
+    assert coco_car_ap(gts, dets, types=VEHICLE_TYPES)["ap"] == pytest.approx(1.0)
+    bus = [[gt("Bus")]]
+    assert coco_car_ap(bus, [[det()]], types=VEHICLE_TYPES)["ap50"] == pytest.approx(1.0)
+    assert math.isnan(coco_car_ap(bus, [[det()]])["ap"])  # no car label at all
+    assert coco_car_ap(bus, [[det(kind="Truck")]], types=VEHICLE_TYPES)["ap50"] == pytest.approx(1.0)
+
+
 def test_ap40_moderate_alone_equals_the_full_evaluation():
     gts, dets = base()
     dets[0] = dets[0] + [det(box=(300, 100, 400, 160), score=0.95)]  # a confident false positive

@@ -219,7 +219,13 @@ def test_dawn_section_gives_each_derainer_s_gain_with_a_paired_interval(data_roo
     light = by_row[("resguidenet", "light-real")]
     assert light["status"] == "ok" and light["derainer_weights"]["tag"] == "light-real"
     assert light["inference"]["path"] == "eager"  # 8 photographs: under the compilation threshold
+    for cell in (cells[0], light):  # the merged vehicle class: at least the car labels, its own AP
+        v = cell["vehicle"]
+        assert v["types"] == ["Car", "Truck", "Bus"] and v["n_objects"] >= cell["n_objects"]
+        assert 0 <= v["metrics"]["coco_ap50"] <= 1 and v["ci"]["coco_ap50"][0] <= v["metrics"]["coco_ap50"]
+        assert all(len(r) == 6 and r[5] in ("Car", "Truck", "Bus") for p in cell["per_image"] for r in p["vehicle_dets"])
     md = write_ap_table(sections, "smoke", tmp_path)[0].read_text()
+    assert "Vehicle AP50 [95% CI]" in md and "Gain vehicle AP50" in md
     assert "DAWN, real rain" in md and "Gain AP50 vs rainy [paired 95% CI]" in md
     assert "rainy + ResGuideNet (light-real)" in md and "GMM" in md  # the left-out derainer says why
     assert "Deraining " in md and "noise" in md

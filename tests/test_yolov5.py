@@ -356,6 +356,12 @@ def test_postprocess_scores_filters_classes_and_undoes_letterbox(tiny_net):
     assert to_objects(out, score_min=0.8) == []
     everything = YoloV5Detector(tiny_net, conf_thres=0.01, classes=None)._postprocess(pred, geo)
     assert sorted(everything["labels"].tolist()) == [0, 1, 2]  # multi-label: the car box is also class 1 at 0.09
+    # one NMS across the classes (the merged vehicle class): the class-1 twin of the car box goes
+    merged = detector._postprocess(pred, geo, classes=(1, 2), agnostic=True)
+    assert merged["labels"].tolist() == [COCO_CAR]
+    assert sorted(detector._postprocess(pred, geo, classes=(1, 2))["labels"].tolist()) == [1, 2]
+    with pytest.raises(ValueError, match="80 classes"):
+        detector.detect_vehicles([torch.zeros(3, 32, 32)])
 
 
 # ---------------------------------------------------------------- the released checkpoint on KITTI
