@@ -352,7 +352,9 @@ class DIDMDN(nn.Module):
         logits = self.classifier(_resize(residue, (CLASSIFIER_SIZE, CLASSIFIER_SIZE)))
         return logits.argmax(1)
 
-    def forward(self, rainy: torch.Tensor) -> torch.Tensor:
+    def forward(self, rainy: torch.Tensor, density: torch.Tensor | None = None) -> torch.Tensor:
+        """Derained ``rainy`` (N x 3 x H x W in [0, 1]); ``density`` (class indices, 0 heavy .. 2 light)
+        replaces the classifier's choice, to score the generator given the true label."""
         n, _, h, w = rainy.shape
         if self.protocol == "authors":
             x = _resize(rainy, (CLASSIFIER_SIZE, CLASSIFIER_SIZE))
@@ -364,7 +366,7 @@ class DIDMDN(nn.Module):
                 x = F.pad(x, (0, sw, 0, sh), mode="reflect")
                 ph, pw = ph - sh, pw - sw
         x = x * 2.0 - 1.0
-        cls = self.density(x)
+        cls = self.density(x) if density is None else density.to(device=x.device, dtype=torch.int64)
         self.last_density = cls
         _, clean = self.generator(x, (cls + 1).float())
         if self.protocol == "authors":
