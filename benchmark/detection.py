@@ -188,6 +188,27 @@ def _vehicle_metrics(gts, dets, n_boot: int, seed: int) -> dict:
             "n_objects": sum(o.type.lower() in counted for g in gts for o in g)}
 
 
+def wants_vehicles(det, dataset: str) -> bool:
+    """Whether cells of ``dataset`` score the merged vehicle class with ``det``: a real-rain set and a
+    detector with truck and bus classes (YOLOv5n; not the Car-only Faster R-CNN)."""
+    return dataset.lower() in REAL_RAIN_DATASETS and hasattr(det, "detect_vehicles")
+
+
+def detect_batch(det, images, vehicles: bool) -> tuple[list[list[Object]], list[list]]:
+    """Car detections per image at the stored precision and, with ``vehicles``, the merged vehicle
+    class's rows (``[x1, y1, x2, y2, score, type]``; else an empty list)."""
+    cars = [_dets_from_rows(_round_dets(o)) for o in det.detect_objects(images, score_min=0.0)]
+    rows = [_round_typed(o) for o in det.detect_vehicles(images, score_min=0.0)] if vehicles else []
+    return cars, rows
+
+
+def vehicle_entry(gts, vehicle_rows, vehicles: bool, detector: str, n_boot: int, seed: int) -> dict:
+    """A real-rain cell's ``vehicle``: :func:`_vehicle_metrics` of the rows, or why there are none."""
+    if not vehicles:
+        return {"why": f"{detector} has no truck / bus classes: car AP only"}
+    return _vehicle_metrics(gts, [_typed_from_rows(r) for r in vehicle_rows], n_boot, seed)
+
+
 #: Datasets of real rainy photographs: scored as they are (``rain="none"``), never with rain added,
 #: and with COCO AP only, the KITTI keys left None (their labels have no truncation / occlusion levels).
 REAL_RAIN_DATASETS = ("dawn",)
@@ -263,7 +284,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
                           "derainer": cell["derainer"], "derainer_weights": winfo, "dataset": ds.info["fingerprint"],
                           "n_images": len(ds), "rain": rain, "seed": prof.seed, "n_boot": n_boot})
         kitti_levels = dataset.lower() not in REAL_RAIN_DATASETS
-        vehicles = not kitti_levels and hasattr(det, "detect_vehicles")
+        vehicles = wants_vehicles(det, dataset)
         old = store.load(key)
         if (old and old.get("status") == "ok" and old.get("fingerprint") == fp and not force
                 and (has_vehicle(old) or not vehicles)):  # a cell from before the vehicle class is redone
@@ -279,11 +300,10 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         def flush():
             nonlocal t_detect
             t0 = time.perf_counter()
-            outs = det.detect_objects(pending, score_min=0.0)
-            if vehicles:
-                vdets.extend(_round_typed(o) for o in det.detect_vehicles(pending, score_min=0.0))
+            cars, rows = detect_batch(det, pending, vehicles)
             t_detect += time.perf_counter() - t0
-            dets.extend(_dets_from_rows(_round_dets(o)) for o in outs)  # the stored precision
+            dets.extend(cars)
+            vdets.extend(rows)
             pending.clear()
 
         frames = DerainedFrames(cell["derainer"], winfo, rain, prof.seed, ds.info["fingerprint"]) if net is not None else None
@@ -315,10 +335,7 @@ def detect_cell(derainer: str, dataset: str, rain: str = "light", detector: str 
         if not kitti_levels:
             scored["note"] = ("COCO AP only: the labels have no KITTI truncation / occlusion levels, so KITTI's "
                               "Easy / Moderate / Hard do not apply")
-            if vehicles:
-                scored["vehicle"] = _vehicle_metrics(ds.gts, [_typed_from_rows(r) for r in vdets], n_boot, prof.seed)
-            else:
-                scored["vehicle"] = {"why": f"{detector} has no truck / bus classes: car AP only"}
+            scored["vehicle"] = vehicle_entry(ds.gts, vdets, vehicles, detector, n_boot, prof.seed)
         cell.update(status="ok", **scored, n_images=len(ds), n_objects=ds.n_objects,
                     seconds={"derain": t_derain, "detect": t_detect},
                     derained_from_cache=frames.hits if frames else 0, dataset_info=ds.info,

@@ -31,8 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from benchmark.derained import save_frame
-from benchmark.detection import (CI_METRICS, REAL_RAIN_DATASETS, _dets_from_rows, _metrics, _round_dets,
-                                 cell_detections, detect_cell)
+from benchmark.detection import (CI_METRICS, REAL_RAIN_DATASETS, _metrics, _round_dets, cell_detections, detect_batch,
+                                 detect_cell, vehicle_entry, wants_vehicles)
 from benchmark.evaluate import summarize
 from benchmark.inference import to_tensor
 from benchmark.tables import TABLES, Column, write_table
@@ -348,7 +348,8 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
     fp = fingerprint({"format": OUTPUTS_FORMAT, "command": "detect", "outputs": sha, "dataset": ds.info["fingerprint"],
                       "n_images": len(ds), "rain": rain, "seed": prof.seed, "n_boot": n_boot,
                       "detector": ident["sha256"], "detector_name": detector,
-                      "detector_size": [det.meta["min_size"], det.meta["max_size"]], "gain_metric": gain_metric})
+                      "detector_size": [det.meta["min_size"], det.meta["max_size"]], "gain_metric": gain_metric,
+                      "vehicle": wants_vehicles(det, dataset)})
     store = _store(results, prof.name)
     key = StoredKey(_cell_id("detect", detector, name, ds.name, rain))
     cell = store.load(key)
@@ -361,7 +362,15 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
         if [p["id"] for p in base["per_image"]] != list(ds.ids):
             raise ValueError(f"the rainy frames' cell {base['id']} covers other frames than {ds.name} has now")
         t0 = time.perf_counter()
-        dets, pending, problems = [], [], []
+        dets, vrows, pending, problems = [], [], [], []
+        vehicles = wants_vehicles(det, dataset)
+
+        def flush():
+            cars, rows = detect_batch(det, pending, vehicles)
+            dets.extend(cars)
+            vrows.extend(rows)
+            pending.clear()
+
         for i in tqdm(range(len(ds)), disable=not progress, desc=f"{name} on {ds.name} ({rain})"):
             try:
                 img = _read_output(paths[ds.ids[i]], ds.image(i).shape)
@@ -372,12 +381,13 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
                 continue
             pending.append(to_tensor(img)[0])
             if len(pending) >= batch:  # the batches of detect_cell: the same detections
-                dets.extend(_dets_from_rows(_round_dets(o)) for o in det.detect_objects(pending, score_min=0.0))
-                pending.clear()
+                flush()
         _raise_problems(folder, problems)
         if pending:
-            dets.extend(_dets_from_rows(_round_dets(o)) for o in det.detect_objects(pending, score_min=0.0))
+            flush()
         scored = _metrics(ds.gts, dets, n_boot, prof.seed, kitti_levels)
+        if not kitti_levels:
+            scored["vehicle"] = vehicle_entry(ds.gts, vrows, vehicles, detector, n_boot, prof.seed)
         gts, rainy_dets = cell_detections(base)
         gain = scored["metrics"][gain_metric] - base["metrics"][gain_metric]
         gain_ci = list(paired_bootstrap_ci(CI_METRICS[gain_metric], gts, rainy_dets, dets, n=n_boot, seed=prof.seed))
@@ -389,14 +399,17 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
                        "n_objects": ds.n_objects, "seconds": time.perf_counter() - t0,
                        "outputs": str(folder.resolve()), "outputs_sha256": sha, "dataset_info": ds.info,
                        "fingerprint": fp,
-                       "per_image": [{"id": i, "dets": _round_dets(d)} for i, d in zip(ds.ids, dets)]})
+                       "per_image": [{"id": i, "dets": _round_dets(d),
+                                      **({"vehicle_dets": vrows[k]} if vehicles else {})}
+                                     for k, (i, d) in enumerate(zip(ds.ids, dets))]})
         store.save(cell)
     return {"name": name, "dataset": cell["dataset"], "rain": rain, "detector": detector, "profile": prof.name,
             "metrics": cell["metrics"], "ci": cell["ci"], "gain_metric": gain_metric, "gain": cell["gain"],
             "gain_ci": cell["gain_ci"], "rainy_cell": cell["rainy_cell"],
             "rainy": {gain_metric: cell["rainy_metrics"][gain_metric]}, "n_images": cell["n_images"],
             "n_objects": cell["n_objects"], "outputs_sha256": sha, "seconds": round(cell["seconds"], 3),
-            "cell": str(store.path(key)), "reused": reused}
+            "cell": str(store.path(key)), "reused": reused,
+            **({"vehicle": {k: v for k, v in cell["vehicle"].items()}} if "vehicle" in cell else {})}
 
 
 # --------------------------------------------------------------------------

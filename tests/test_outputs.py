@@ -211,6 +211,16 @@ def test_dawn_exports_its_photographs_as_they_are(data_root, tmp_path, capsys):
     first = json.loads((tmp_path / "dawn" / "manifest.json").read_text())["files"][0]["image"]
     original = read_rgb(data_root / "DAWN" / "Rain" / f"{first}.jpg")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "dawn" / f"{first}.png")), original)
+    # the photographs handed back as they are: the rainy cell's car and vehicle AP, no gain
+    args = ["detect-outputs", str(tmp_path / "dawn"), "DAWN", "--detector", "yolov5n", "--data-root", str(data_root),
+            "--results", str(tmp_path / "r"), *SMOKE]
+    assert main(args) == 0
+    line = _last_json(capsys)
+    assert line["gain"] == 0.0 and line["metrics"]["coco_ap50"] == line["rainy"]["coco_ap50"]
+    assert line["vehicle"]["types"] == ["Car", "Truck", "Bus"] and 0 < line["vehicle"]["metrics"]["coco_ap50"] <= 1
+    assert main(["detect", "identity", "DAWN", "--detector", "yolov5n", "--data-root", str(data_root),
+                 "--results", str(tmp_path / "r"), *SMOKE]) == 0
+    assert _last_json(capsys)["vehicle_ap50"] == line["vehicle"]["metrics"]["coco_ap50"]
 
 
 def test_table_with_outputs_adds_a_column_beside_the_suites_and_leaves_the_table(exported, tmp_path, capsys,
