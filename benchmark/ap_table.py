@@ -341,14 +341,18 @@ def _real_rain_section(title: str, dataset: str, rows, cells, interval, det_prof
         return "Deraining " + "; ".join(said) + "." if said else ""
 
     if vehicle:
-        vnote = (f" Vehicle: car, truck and bus merged into one class ({base['vehicle']['n_objects']} labels), the "
+        parts = [f"Vehicle: car, truck and bus merged into one class ({base['vehicle']['n_objects']} labels), the "
                  "detector's car, bus and truck boxes with one NMS across the three; a car box on a labelled truck "
-                 "counts. " + say(vverdict, "vehicle AP50"))
+                 "counts.", say(vverdict, "vehicle AP50")]
         if no_vehicle:
-            vnote += (" Vehicle AP not recorded (cells computed before the vehicle class; a rerun of "
-                      "`table ap` recomputes them): " + ", ".join(no_vehicle) + ".")
+            parts.append("Vehicle AP not recorded (cells computed before the vehicle class; a rerun of `table ap` "
+                         "recomputes them): " + ", ".join(no_vehicle) + ".")
+        vnote = " " + " ".join(p for p in parts if p)
+    elif base["detector"] in COCO_DETECTORS:
+        vnote = " Vehicle AP not recorded: the rainy cell was computed before the vehicle class."
     else:
-        vnote = " Vehicle AP: " + str((base.get("vehicle") or {}).get("why", "not recorded")) + "."
+        why = (base.get("vehicle") or {}).get("why", f"{base['detector']} has no truck / bus classes: car AP only")
+        vnote = f" Vehicle AP: none ({why})."
     note = (f"Note: detector {base['detector']} with weights {dw.get('path')} ({dw.get('source')}, sha256 "
             f"{str(dw.get('sha256'))[:12]}), {_trained_on(base)}; data {dataset}: {base['n_images']} real rainy photographs, "
             f"{base['n_objects']} Car labels ({base['dataset_info'].get('source')}), scored as taken (no rain added). "

@@ -226,6 +226,11 @@ def test_dawn_section_gives_each_derainer_s_gain_with_a_paired_interval(data_roo
         assert all(len(r) == 6 and r[5] in ("Car", "Truck", "Bus") for p in cell["per_image"] for r in p["vehicle_dets"])
     md = write_ap_table(sections, "smoke", tmp_path)[0].read_text()
     assert "Vehicle AP50 [95% CI]" in md and "Gain vehicle AP50" in md
+    # a Car-only detector's section: no vehicle columns, and the note says why
+    car_only = [{**c, "detector": "fasterrcnn_kitti", "vehicle": {"why": "fasterrcnn_kitti has no truck / bus classes"}}
+                for c in cells]
+    md = write_ap_table([(dataset, rain, rows, car_only)], "smoke", tmp_path / "car_only")[0].read_text()
+    assert "Vehicle AP50" not in md and "Vehicle AP: none (fasterrcnn_kitti has no truck / bus classes)" in md
     assert "DAWN, real rain" in md and "Gain AP50 vs rainy [paired 95% CI]" in md
     assert "rainy + ResGuideNet (light-real)" in md and "GMM" in md  # the left-out derainer says why
     assert "Deraining " in md and "noise" in md
