@@ -148,8 +148,11 @@ def write_report(path: Path, profile: str, tables_dir: Path, figures_dir: Path, 
     for tid in table_ids:
         md = Path(tables_dir) / f"{tid}.md"
         if md.exists():
-            lines += [_table_section(md), "",
-                      f"CSV and LaTeX: `{_rel(md.with_suffix('.csv'), path)}`, `{_rel(md.with_suffix('.tex'), path)}`", ""]
+            kinds = [(name, md.with_suffix(ext)) for name, ext in (("CSV", ".csv"), ("LaTeX", ".tex"))
+                     if md.with_suffix(ext).exists()]  # domain_gap and did_mdn_stages have no LaTeX
+            lines += [_table_section(md), ""]
+            if kinds:
+                lines += [" and ".join(n for n, _ in kinds) + ": " + ", ".join(f"`{_rel(f, path)}`" for _, f in kinds), ""]
         else:
             lines += [f"#### {tid}", "", "(not rendered in this run)", ""]
     lines += scale_out_section(list(scale_records))
