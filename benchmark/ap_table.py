@@ -317,15 +317,13 @@ def _real_rain_section(title: str, dataset: str, rows, cells, interval, det_prof
         values = [row.label if row.derainer == "none" else f"rainy + {_row_name(row)}", wtag, _f(m["coco_ap"]),
                   f"{_f(m['coco_ap50'])} {_ci(ci['coco_ap50'])}",
                   "-" if gain is None else f"{gain:+.3f} [{glo:+.3f}, {ghi:+.3f}]"]
+        vm, vci = ((cell["vehicle"]["metrics"]["coco_ap50"], cell["vehicle"]["ci"]["coco_ap50"]) if has_vehicle(cell)
+                   else ("", ["", ""]))
         if vehicle:
-            v = cell.get("vehicle") or {}
-            values += ["not recorded" if not has_vehicle(cell) else
-                       f"{_f(v['metrics']['coco_ap50'])} {_ci(v['ci']['coco_ap50'])}",
+            values += ["not recorded" if vm == "" else f"{_f(vm)} {_ci(vci)}",
                        "-" if vgain is None else f"{vgain:+.3f} [{vlo:+.3f}, {vhi:+.3f}]"]
         values.append("-" if row.derainer == "none" or cell.get("derained_from_cache") else f"{per:.2f}")
         body.append(values)
-        vm = cell["vehicle"]["metrics"]["coco_ap50"] if has_vehicle(cell) else ""
-        vci = cell["vehicle"]["ci"]["coco_ap50"] if has_vehicle(cell) else ["", ""]
         csv.append(",".join(str(x) for x in [
             dataset, "none", row.label, row.derainer, wtag, "", "", "", "", m["coco_ap"], m["coco_ap50"],
             *ci["coco_ap50"], *("" if v is None else v for v in (gain, glo, ghi)),

@@ -409,7 +409,7 @@ def detect_outputs(folder, dataset: str, rain: str | None = None, detector: str 
             "rainy": {gain_metric: cell["rainy_metrics"][gain_metric]}, "n_images": cell["n_images"],
             "n_objects": cell["n_objects"], "outputs_sha256": sha, "seconds": round(cell["seconds"], 3),
             "cell": str(store.path(key)), "reused": reused,
-            **({"vehicle": {k: v for k, v in cell["vehicle"].items()}} if "vehicle" in cell else {})}
+            **({"vehicle": cell["vehicle"]} if "vehicle" in cell else {})}
 
 
 # --------------------------------------------------------------------------
